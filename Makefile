@@ -1,0 +1,39 @@
+# All set-up is done by these targets: a fresh machine needs only Python 3.11 and pip.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch/torchvision pinned to the builds that lie on this workplace's disk (see DEVELOPERS.md);
+# pyproject's ranges admit them and anything newer elsewhere.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup train test lint bench clean
+
+$(BIN)/python:
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or run: make PY=python3 ...)"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+train: setup
+	$(BIN)/contrastlab-train $(ARGS)
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/loss_speed.py
+
+clean:
+	rm -rf $(VENV) outputs/*/ .pytest_cache

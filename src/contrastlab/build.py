@@ -1,0 +1,56 @@
+"""Turn a composed config into objects: datamodule, objective, logger, callbacks, trainer.
+
+Hydra's ``_target_`` is the registry; this module only wires the groups together
+(e.g. the encoder's width into the head, the augmentation into the datamodule).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from contrastlab.data.base import ContrastiveDataModule
+from contrastlab.objectives.base import ContrastiveObjective
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def build_datamodule(cfg: DictConfig) -> ContrastiveDataModule:
+    augment = instantiate(cfg.augment) if cfg.get("augment") is not None else None
+    return instantiate(cfg.data, augment=augment)
+
+
+def build_objective(cfg: DictConfig) -> ContrastiveObjective:
+    encoder = instantiate(cfg.encoder)
+    head = instantiate(cfg.head, in_dim=encoder.out_dim)
+    extra: dict[str, Any] = {}
+    for group in ("text_encoder",):  # optional towers some objectives take
+        if cfg.get(group) is not None:
+            extra[group] = instantiate(cfg[group])
+    model = instantiate(
+        cfg.objective,
+        encoder=encoder,
+        head=head,
+        loss=instantiate(cfg.loss),
+        negatives=instantiate(cfg.sampler),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") is not None else None,
+        **extra,
+    )
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    return model
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    callbacks = cfg.get("callbacks") or {}
+    return [instantiate(c) for c in callbacks.values() if c is not None and "_target_" in c]
+
+
+def build_logger(cfg: DictConfig) -> Any:
+    if cfg.get("logger") is None:
+        return False
+    return instantiate(cfg.logger)

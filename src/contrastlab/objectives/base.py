@@ -1,0 +1,79 @@
+"""The shared base of every objective: optimiser + schedule, embedding hook, config in checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from contrastlab.objectives.optim import param_groups, scaled_lr
+
+
+class ContrastiveObjective(L.LightningModule):
+    """Base LightningModule.
+
+    Args:
+        encoder: image tower, (B, C, H, W) -> (B, encoder.out_dim); evaluation uses its output.
+        head: projection head on top of the encoder; the loss sees its output.
+        loss: a loss module from :mod:`contrastlab.losses`.
+        negatives: a strategy from :mod:`contrastlab.negatives` (candidate set or miner).
+        optimizer: ``partial`` of a ``torch.optim.Optimizer`` (Hydra ``_partial_: true``).
+        scheduler: ``partial`` taking ``(optimizer, total_steps)``, or None.
+        batch_size: per-process batch size, for learning-rate scaling.
+        lr_scaling: ``none`` | ``linear`` | ``sqrt`` in the global batch (``batch_size * world_size``).
+    """
+
+    #: name written into checkpoints; ``contrastlab-eval`` refuses a checkpoint of another objective.
+    objective_name = "base"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: nn.Module,
+        loss: nn.Module,
+        negatives: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        batch_size: int = 256,
+        lr_scaling: str = "none",
+        base_batch_size: int = 256,
+    ) -> None:
+        super().__init__()
+        self.encoder, self.head, self.loss, self.negatives = encoder, head, loss, negatives
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.batch_size, self.lr_scaling, self.base_batch_size = batch_size, lr_scaling, base_batch_size
+        self.run_config: dict | None = None  # the resolved Hydra config, set by train.py, saved in checkpoints
+
+    # --- embeddings -----------------------------------------------------------------------------
+    def embed(self, x: Tensor) -> Tensor:
+        """Representation used downstream (encoder output, before the head): (B, encoder.out_dim)."""
+        return self.encoder(x)
+
+    def project(self, x: Tensor) -> Tensor:
+        """What the loss sees: head(encoder(x))."""
+        return self.head(self.encoder(x))
+
+    # --- validation: embedding spread (collapse indicator) ----------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        z = torch.nn.functional.normalize(self.embed(batch["image"]).float(), dim=1)
+        self.log("val/embedding_std", z.std(0).mean(), sync_dist=True)
+
+    # --- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        base_lr = self.optimizer_factory.keywords.get("lr", 1e-3)  # type: ignore[attr-defined]
+        weight_decay = self.optimizer_factory.keywords.get("weight_decay", 0.0)  # type: ignore[attr-defined]
+        world = self.trainer.world_size if self._trainer is not None else 1
+        lr = scaled_lr(base_lr, self.batch_size * world, self.lr_scaling, self.base_batch_size)
+        optimizer = self.optimizer_factory(param_groups(self, weight_decay), lr=lr)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- checkpoints carry the config that built them -----------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["contrastlab"] = {"objective": self.objective_name, "config": self.run_config}

@@ -1,0 +1,26 @@
+"""SimCLR (Chen et al. 2020): two augmented views, shared encoder, projection head, NT-Xent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from contrastlab.objectives.base import ContrastiveObjective
+
+
+class SimCLR(ContrastiveObjective):
+    """``z_v = head(encoder(view_v))`` for both views; the negatives strategy turns ``(z1, z2)``
+    into a candidate set (in-batch, gathered across ranks, memory bank, ...) and the loss
+    (NT-Xent / InfoNCE) scores it."""
+
+    objective_name = "simclr"
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        x1, x2 = batch["views"][:2]
+        z1, z2 = self.project(x1), self.project(x2)
+        cands = self.negatives(z1, z2, batch.get("label"))
+        loss = self.loss(cands.queries, cands.keys, **cands.loss_kwargs())
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("train/num_candidates", float(cands.keys.shape[0]))
+        return loss
