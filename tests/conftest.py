@@ -1,0 +1,73 @@
+"""Shared test helpers: run the real command-line entry points in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Run:
+    proc: subprocess.CompletedProcess
+    run_dir: Path
+
+    @property
+    def metrics(self) -> dict:
+        return json.loads((self.run_dir / "metrics.json").read_text())
+
+    @property
+    def output(self) -> str:
+        return self.proc.stdout + self.proc.stderr
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CONTRASTLAB_OUTPUTS": str(tmp_path / "outputs"),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def run_cli(
+    module: str, *args: str, tmp_path: Path, timeout: float = 300, check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m contrastlab.<module> args...``; on ``check`` failure the output is shown."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"contrastlab.{module}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(tmp_path),
+        cwd=cwd or tmp_path,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def train_run(tmp_path: Path, *overrides: str, name: str = "run", check: bool = True, timeout: float = 300) -> Run:
+    """One ``contrastlab-train`` run into ``tmp_path/name`` (csv logger and no config print unless overridden)."""
+    run_dir = tmp_path / name
+    args = ["logger=csv", "print_config=false", *overrides, f"hydra.run.dir={run_dir}"]
+    proc = run_cli("train", *args, tmp_path=tmp_path, check=check, timeout=timeout)
+    return Run(proc, run_dir)
+
+
+@pytest.fixture
+def train(tmp_path: Path):
+    """``train(*overrides)`` -> :class:`Run`."""
+
+    def _train(*overrides: str, **kw) -> Run:
+        return train_run(tmp_path, *overrides, **kw)
+
+    return _train
