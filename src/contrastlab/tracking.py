@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +52,8 @@ def wandb_logger(save_dir: str, project: str = "contrastlab", **kwargs: Any) -> 
         if id_file.exists():
             kwargs["id"] = id_file.read_text().strip()
         else:
-            import wandb
-
-            kwargs["id"] = wandb.util.generate_id()
+            # W&B ids are 8 lowercase alphanumerics; made here so no private wandb API is needed.
+            kwargs["id"] = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     id_file.write_text(str(kwargs["id"]))
     kwargs.setdefault("resume", "allow")
     return WandbLogger(save_dir=save_dir, project=project, offline=mode != "online", **kwargs)
