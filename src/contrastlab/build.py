@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from contrastlab.data.base import ContrastiveDataModule
+from contrastlab.data.image_files import SkippedFilesReport
 from contrastlab.objectives.base import ContrastiveObjective
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -45,9 +47,23 @@ def build_objective(cfg: DictConfig) -> ContrastiveObjective:
     return model
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig, datamodule: ContrastiveDataModule | None = None) -> list[L.Callback]:
+    """The ``callbacks`` group, adapted to ``datamodule``: without labels there is no kNN metric to
+    monitor, so a ``ModelCheckpoint`` keeps ``last.ckpt`` only (monitor dropped); a datamodule that
+    skips unreadable files (``datamodule.skipped``) gets the per-epoch :class:`SkippedFilesReport`."""
     callbacks = cfg.get("callbacks") or {}
-    return [instantiate(c) for c in callbacks.values() if c is not None and "_target_" in c]
+    unlabelled = datamodule is not None and not datamodule.has_labels
+    out: list[L.Callback] = []
+    for c in callbacks.values():
+        if c is None or "_target_" not in c:
+            continue
+        if unlabelled and c.get("monitor") is not None and issubclass(get_class(c._target_), ModelCheckpoint):
+            out.append(instantiate(c, monitor=None, save_top_k=0))
+        else:
+            out.append(instantiate(c))
+    if getattr(datamodule, "skipped", None) is not None:
+        out.append(SkippedFilesReport())
+    return out
 
 
 def build_logger(cfg: DictConfig) -> Any:

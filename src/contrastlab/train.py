@@ -37,7 +37,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build.build_datamodule(cfg)
     model = build.build_objective(cfg)
     logger = build.build_logger(cfg)
-    callbacks = build.build_callbacks(cfg)
+    callbacks = build.build_callbacks(cfg, datamodule)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     if logger and rank_zero_only.rank == 0:
         for lg in trainer.loggers:
