@@ -30,7 +30,13 @@ class KNNMonitor(L.Callback):
             va_x, va_y = embed_loader(embed, datamodule.val_dataloader(), pl_module.device)
         finally:
             pl_module.train(was_training)
-        acc = knn_accuracy(tr_x, tr_y, va_x, va_y, self.k, self.temperature, top=(1, 5))
+        return self.score(tr_x, tr_y, va_x, va_y)
+
+    def score(
+        self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor
+    ) -> dict[str, float]:
+        """The logged numbers from already computed embeddings (``contrastlab-eval`` reuses this)."""
+        acc = knn_accuracy(train_x, train_y, val_x, val_y, self.k, self.temperature, top=(1, 5))
         return {"val/knn_top1": acc[1], "val/knn_top5": acc[5]}
 
     def _enabled(self, trainer: L.Trainer) -> bool:
