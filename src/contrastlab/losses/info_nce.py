@@ -95,7 +95,12 @@ def info_nce(
     if exclude_index is not None and bool((exclude_index == positive_index).any()):
         raise ValueError("exclude_index equals positive_index for some query; keep positives as candidates")
     return fused_info_nce(
-        q, k, positive_index, temperature, exclude_index=exclude_index, chunk_size=chunk_size,
+        q,
+        k,
+        positive_index,
+        temperature,
+        exclude_index=exclude_index,
+        chunk_size=chunk_size,
         unit_norm=normalize,
     )
 
