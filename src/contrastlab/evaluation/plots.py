@@ -4,20 +4,51 @@
                                  title=plot_title("simclr", ["loss.temperature=0.2"], knn_top1=0.97))
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot state, no display).
-UMAP compiles its numba kernels on first use in a process (tens of seconds once); later calls
-take well under a second for a few thousand points.
+UMAP compiles its numba kernels on first use; umap-learn does not ask numba to cache them on disk,
+so every new process would pay that compilation again (about 20 s on a small CPU). :func:`import_umap`
+imports umap-learn with numba's on-disk cache switched on for its kernels, so the compilation
+happens once per machine; later processes load the compiled code.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 METHODS = ("umap", "tsne", "pca")
+
+
+def import_umap() -> Any:
+    """``import umap`` with ``cache=True`` as the default of numba's ``njit``/``jit`` while umap-learn
+    (and pynndescent) define their kernels; a no-op when umap is already imported."""
+    import sys
+
+    if "umap" in sys.modules:
+        return sys.modules["umap"]
+    import numba
+
+    njit, jit = numba.njit, numba.jit
+
+    def cached(decorator: Any) -> Any:
+        @functools.wraps(decorator)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("cache", True)
+            return decorator(*args, **kwargs)
+
+        return wrapper
+
+    numba.njit, numba.jit = cached(njit), cached(jit)
+    try:
+        import umap
+    finally:
+        numba.njit, numba.jit = njit, jit
+    return umap
 
 
 def subsample(n: int, max_points: int | None, seed: int = 0) -> np.ndarray:
@@ -45,8 +76,7 @@ def project_2d(
     if n < 3:
         raise ValueError(f"need at least 3 points for a 2-D projection, got {n}")
     if method == "umap":
-        import umap
-
+        umap = import_umap()
         reducer = umap.UMAP(
             n_components=2,
             n_neighbors=min(umap_neighbors, n - 1),

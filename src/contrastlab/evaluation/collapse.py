@@ -1,0 +1,156 @@
+"""Collapse monitor: log the embedding-health metrics at every validation and warn (once) when the
+representation collapses.
+
+A run collapses when its encoder maps every input to (nearly) the same point or onto a few
+directions. The monitor measures, on the validation split's encoder embeddings, the effective
+rank (RankMe), the mean per-dimension std of the normalised embeddings, uniformity and (with
+augmented pairs of validation images) alignment — see :mod:`contrastlab.evaluation.health`. The
+values at initialisation are the baseline; when a watched metric falls below ``fraction`` of its
+baseline a :class:`CollapseWarning` is issued once, and training stops if ``stop`` is set.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from contrastlab.evaluation.health import embedding_health
+from contrastlab.evaluation.pairs import augmented_pairs, embed_pairs
+
+
+class CollapseWarning(UserWarning):
+    """The embedding space has collapsed (a watched health metric fell below its threshold)."""
+
+
+@torch.no_grad()
+def embed_first(
+    fn: Any, loader: Any, n: int | None, device: torch.device | str, key: str = "image"
+) -> Tensor:
+    """Embeddings (min(n, N), D), float32 on CPU, of the first ``n`` items of ``loader`` (None: all)."""
+    parts, seen = [], 0
+    for batch in loader:
+        parts.append(fn(batch[key].to(device)).float().cpu())
+        seen += parts[-1].shape[0]
+        if n is not None and seen >= n:
+            break
+    return torch.cat(parts)[:n] if n is not None else torch.cat(parts)
+
+
+def measure_health(
+    pl_module: L.LightningModule,
+    datamodule: Any,
+    max_samples: int | None = 2048,
+    alignment_pairs: int = 256,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Health metrics of ``pl_module.embed`` on the first ``max_samples`` validation items (eval mode)."""
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        embed = pl_module.embed  # type: ignore[attr-defined]
+        z = embed_first(embed, datamodule.val_dataloader(), max_samples, pl_module.device)
+        views = augmented_pairs(datamodule, alignment_pairs, seed) if alignment_pairs > 0 else None
+        pairs = embed_pairs(embed, views, pl_module.device) if views is not None else None
+    finally:
+        pl_module.train(was_training)
+    return embedding_health(z, pairs, max_samples=max_samples, seed=seed)
+
+
+class CollapseMonitor(L.Callback):
+    """Logs ``val/{alignment,uniformity,effective_rank,dim_std}`` each validation; warns once on collapse.
+
+    Args:
+        fraction: collapse when a watched metric is below ``fraction * baseline`` (its value at init).
+        watch: which metrics to watch (``effective_rank``, ``dim_std``).
+        stop: stop training (``trainer.should_stop``) on collapse.
+        max_samples: validation items embedded per measurement.
+        alignment_pairs: augmented validation pairs for alignment (0: skip alignment).
+    """
+
+    def __init__(
+        self,
+        fraction: float = 0.1,
+        watch: Sequence[str] = ("effective_rank", "dim_std"),
+        stop: bool = False,
+        max_samples: int | None = 2048,
+        alignment_pairs: int = 256,
+        seed: int = 0,
+    ) -> None:
+        if not 0 < fraction < 1:
+            raise ValueError(f"callbacks.collapse.fraction must be in (0, 1), got {fraction}")
+        unknown = set(watch) - {"effective_rank", "dim_std"}
+        if unknown:
+            raise ValueError(
+                f"callbacks.collapse.watch: unknown {sorted(unknown)}; use effective_rank, dim_std"
+            )
+        self.fraction, self.watch, self.stop = fraction, tuple(watch), stop
+        self.max_samples, self.alignment_pairs, self.seed = max_samples, alignment_pairs, seed
+        self.baseline: dict[str, float] | None = None
+        self.collapsed = False
+
+    def _enabled(self, trainer: L.Trainer) -> bool:
+        return getattr(trainer, "datamodule", None) is not None and not trainer.sanity_checking
+
+    def measure(self, pl_module: L.LightningModule, datamodule: Any) -> dict[str, float]:
+        return measure_health(pl_module, datamodule, self.max_samples, self.alignment_pairs, self.seed)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.baseline is not None or trainer.global_step > 0 or not self._enabled(trainer):
+            return
+        self.baseline = self.measure(pl_module, trainer.datamodule)  # type: ignore[attr-defined]
+        init = {f"val/{k}_init": v for k, v in self.baseline.items()}
+        for lg in trainer.loggers:
+            lg.log_metrics(init, step=0)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._enabled(trainer):
+            return
+        values = self.measure(pl_module, trainer.datamodule)  # type: ignore[attr-defined]
+        for name, value in values.items():
+            pl_module.log(f"val/{name}", value, sync_dist=False, rank_zero_only=False)
+        if (
+            self.baseline is None
+        ):  # resumed without this callback's state: the first measurement is the baseline
+            self.baseline = values
+            return
+        fallen = {
+            k: (values[k], self.baseline[k])
+            for k in self.watch
+            if self.baseline.get(k, 0) > 0 and values[k] < self.fraction * self.baseline[k]
+        }
+        if fallen and not self.collapsed:
+            self.collapsed = True
+            self._warn(fallen, trainer.current_epoch, trainer.global_step)
+        if fallen and self.stop:
+            trainer.should_stop = True
+
+    @rank_zero_only
+    def _warn(self, fallen: dict[str, tuple[float, float]], epoch: int, step: int) -> None:
+        what = "; ".join(
+            f"val/{k} = {v:.4g}, below {self.fraction:g} x its initial {b:.4g}"
+            for k, (v, b) in fallen.items()
+        )
+        action = (
+            "training stops (callbacks.collapse.stop=true)"
+            if self.stop
+            else "set callbacks.collapse.stop=true to stop such runs"
+        )
+        warnings.warn(
+            f"Embedding collapse at epoch {epoch} (step {step}): {what}. The encoder maps inputs onto a few "
+            f"directions; check the learning rate, temperature, sampler and augmentations; {action}.",
+            CollapseWarning,
+            stacklevel=2,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "collapsed": self.collapsed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.baseline = state_dict.get("baseline")
+        self.collapsed = bool(state_dict.get("collapsed", False))
