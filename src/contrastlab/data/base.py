@@ -128,6 +128,9 @@ class ContrastiveDataModule(L.LightningDataModule):
         if self.augment is None:
             raise ValueError("no augmentation given; choose one with augment=<name> (e.g. augment=simclr).")
         ds = ViewsDataset(self.train_base, MultiView(self.augment, self.views, self.normalize))  # type: ignore[arg-type]
+        wrap = getattr(self, "train_dataset_wrapper", None)  # set by a negatives strategy (ANN-mined negatives)
+        if wrap is not None:
+            ds = wrap(ds)
         if self.batch_sampler is not None:
             sampler = self.batch_sampler(labels=self.train_labels(), batch_size=self.batch_size, drop_last=self.drop_last)
             return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)

@@ -2,5 +2,6 @@
 
 from contrastlab.objectives.base import ContrastiveObjective
 from contrastlab.objectives.simclr import SimCLR
+from contrastlab.objectives.triplet import Triplet
 
-__all__ = ["ContrastiveObjective", "SimCLR"]
+__all__ = ["ContrastiveObjective", "SimCLR", "Triplet"]
