@@ -42,11 +42,12 @@ def _pickle(path: Path, obj: dict) -> None:
 def _cifar_batch(images: np.ndarray, labels: list[int], label_key: str, name: str) -> dict:
     # rows: 1024 red, 1024 green, 1024 blue values, each plane row-major
     data = images.transpose(0, 3, 1, 2).reshape(len(images), 3 * 32 * 32)
-    return {"batch_label": name, label_key: labels, "data": data, "filenames": [f"{i}.png" for i in range(len(images))]}
+    filenames = [f"{i}.png" for i in range(len(images))]
+    return {"batch_label": name, label_key: labels, "data": data, "filenames": filenames}
 
 
 def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
-    """``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``; returns the images and labels."""
+    """``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``; returns images and labels."""
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,8 @@ def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, seed: int = 0
     test_x, test_y = _images(rng, n_test, 32), rng.integers(0, 10, n_test)
     _pickle(folder / "test_batch", _cifar_batch(test_x, test_y.tolist(), "labels", "testing batch 1 of 1"))
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    _pickle(folder / "batches.meta", {"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072})
+    meta = {"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}
+    _pickle(folder / "batches.meta", meta)
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
 
 
@@ -74,8 +76,8 @@ def write_cifar100(root: Path, n_train: int = 12, n_test: int = 6, seed: int = 0
         batch["coarse_labels"] = (y // 5).tolist()
         _pickle(folder / split, batch)
         out[f"{split}_x"], out[f"{split}_y"] = x, y
-    meta = {"fine_label_names": [f"fine{i}" for i in range(100)], "coarse_label_names": [f"c{i}" for i in range(20)]}
-    _pickle(folder / "meta", meta)
+    fine, coarse = [f"fine{i}" for i in range(100)], [f"coarse{i}" for i in range(20)]
+    _pickle(folder / "meta", {"fine_label_names": fine, "coarse_label_names": coarse})
     return out
 
 
@@ -245,5 +247,6 @@ def test_stl10_fold(tmp_path: Path) -> None:
     fake = write_stl10(tmp_path)
     dm = STL10DataModule(data_dir=str(tmp_path), verify_md5=False, folds=2)
     dm.setup()
-    idx = [int(i) for i in (tmp_path / "stl10_binary" / "fold_indices.txt").read_text().splitlines()[2].split()]
+    lines = (tmp_path / "stl10_binary" / "fold_indices.txt").read_text().splitlines()
+    idx = [int(i) for i in lines[2].split()]
     assert dm.train_labels().tolist() == fake["train_y"][idx].tolist()

@@ -108,21 +108,25 @@ def load_image(path: str | os.PathLike, size: int | None, channels: int = 3) -> 
         return v2.functional.pil_to_tensor(im)
 
 
+def warn_unreadable(path: str, error: BaseException) -> None:
+    """Warn that ``path`` cannot be decoded and will be skipped."""
+    warnings.warn(
+        f"skipping unreadable image {path} ({type(error).__name__}: {error}); "
+        "set data.strict=true to stop at the first unreadable image instead.",
+        UnreadableImageWarning,
+        stacklevel=3,
+    )
+
+
 class SkippedFiles:
-    """A count of skipped unreadable files, shared by the main process and its DataLoader workers
-    (a ``multiprocessing.Value``: it travels to workers when they are started)."""
+    """A count of skipped items (requests for an unreadable file), shared by the main process and its
+    DataLoader workers (a ``multiprocessing.Value``: it travels to workers when they are started)."""
 
     def __init__(self) -> None:
         self._count = multiprocessing.Value("q", 0)
 
-    def add(self, path: str, error: BaseException) -> None:
-        """Warn, naming ``path``, and count one skip."""
-        warnings.warn(
-            f"skipping unreadable image {path} ({type(error).__name__}: {error}); "
-            "set data.strict=true to stop at the first unreadable image instead.",
-            UnreadableImageWarning,
-            stacklevel=3,
-        )
+    def add(self) -> None:
+        """Count one skipped item."""
         with self._count.get_lock():
             self._count.value += 1
 
@@ -140,9 +144,10 @@ class SkippedFiles:
 class ImageFileDataset(Dataset):
     """``(uint8 image (C, size, size), label)`` pairs read from ``samples = [(path, label), ...]``.
 
-    An unreadable file raises :class:`UnreadableImageError` naming it when ``strict``; otherwise it is
-    counted in ``skipped`` (with a warning naming it) and the next readable sample is returned
-    instead, preferring one with the same label, so every batch keeps its size.
+    An unreadable file raises :class:`UnreadableImageError` naming it when ``strict``; otherwise a
+    warning names it (once per process; it is not decoded again), every request for it counts one
+    skip in ``skipped``, and the next readable sample is returned instead, preferring one with the
+    same label, so every batch keeps its size.
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class ImageFileDataset(Dataset):
     ) -> None:
         self.samples, self.size, self.channels, self.strict = list(samples), size, channels, strict
         self.skipped = skipped if skipped is not None else SkippedFiles()
+        self._bad: set[int] = set()  # indices found unreadable in this process: not decoded again
 
     @property
     def targets(self) -> list[int]:
@@ -165,6 +171,9 @@ class ImageFileDataset(Dataset):
         return len(self.samples)
 
     def _read(self, i: int) -> Tensor | None:
+        """The decoded image, or None (after a warning, the first time) if the file is unreadable."""
+        if i in self._bad:
+            return None
         path = self.samples[i][0]
         try:
             return load_image(path, self.size, self.channels)
@@ -174,7 +183,8 @@ class ImageFileDataset(Dataset):
                     f"cannot read image {path} ({type(err).__name__}: {err}); fix or remove the file, "
                     "or set data.strict=false to skip unreadable images with a warning."
                 ) from err
-            self.skipped.add(path, err)
+            self._bad.add(i)
+            warn_unreadable(path, err)
             return None
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
@@ -182,6 +192,7 @@ class ImageFileDataset(Dataset):
         img = self._read(i)
         if img is not None:
             return img, label
+        self.skipped.add()
         for same_label in (True, False):  # substitute: next readable sample, same class first
             for step in range(1, n):
                 j = (i + step) % n
