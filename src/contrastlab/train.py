@@ -16,7 +16,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from contrastlab import build, runs
+from contrastlab import build, runs, sweeps
 from contrastlab.config_checks import check_config
 
 
@@ -57,22 +57,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return final
 
 
-def finish_tracking() -> None:
-    """Close the W&B run, if any (each sweep job gets its own run)."""
+def finish_tracking(exit_code: int = 0) -> None:
+    """Close the W&B run, if any (each sweep job gets its own run); ``exit_code=1`` marks it failed."""
     import wandb
 
     if wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
 
 
 @hydra.main(version_base="1.3", config_path=build.CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """Train; returns ``optimized_metric`` for sweepers. In a multirun a failing job is recorded in its
+    directory (``error.txt``, ``metrics.json`` with ``status: failed``) and the sweep goes on."""
+    failed = True
     try:
         metrics = train(cfg)
+        failed = False
+    except Exception as err:
+        if not sweeps.in_multirun():
+            raise
+        sweeps.record_failure(run_dir(cfg), err, rank=rank_zero_only.rank)
+        return None
     finally:
-        finish_tracking()
-    metric = cfg.get("optimized_metric")
-    return metrics.get(metric) if metric else None
+        finish_tracking(exit_code=int(failed))
+    return sweeps.optimized_value(metrics, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":
