@@ -148,9 +148,7 @@ class MemoryBank(TripletMiner):
         use_labels = self.label_positives and bool((q_labels >= 0).all())
         q_targets = q_labels if use_labels else q_ids
         cands = self.batch_candidates(queries, q_targets)
-        bank, bank_ids, bank_labels = self.memory()
-        keys = torch.cat([cands.keys, bank.to(queries.dtype)])
-        key_targets = torch.cat([cands.key_targets, bank_labels if use_labels else bank_ids])
+        keys, key_targets = self._append_memory(cands.keys, cands.key_targets, by_labels=use_labels)
         rows = torch.arange(2 * n, device=queries.device)
         offset = int(cands.self_index[0]) if cands.self_index is not None else 0  # type: ignore[index]
         mask = q_targets[:, None] == key_targets[None, :]
@@ -163,10 +161,19 @@ class MemoryBank(TripletMiner):
     ) -> TripletCandidates:
         """Triplet candidates: the batch (gathered) then the queue, targets = labels or image ids."""
         cands = super().candidates(z, ids, labels, positives, batch, embed)
-        bank, bank_ids, bank_labels = self.memory()
-        cands.keys = torch.cat([cands.keys, bank.to(z.dtype)])
-        cands.key_targets = torch.cat([cands.key_targets, bank_labels if positives == "labels" else bank_ids])
+        cands.keys, cands.key_targets = self._append_memory(
+            cands.keys, cands.key_targets, positives == "labels"
+        )
         return cands
+
+    def _append_memory(self, keys: Tensor, targets: Tensor, by_labels: bool) -> tuple[Tensor, Tensor]:
+        """``keys`` (M, D) and ``targets`` (M,) followed by the queue's valid rows and their labels or ids."""
+        bank, bank_ids, bank_labels = self.memory()
+        if bank.shape[0] == 0:
+            return keys, targets
+        return torch.cat([keys, bank.to(keys.dtype)]), torch.cat(
+            [targets, bank_labels if by_labels else bank_ids]
+        )
 
     def extra_repr(self) -> str:
         return (
