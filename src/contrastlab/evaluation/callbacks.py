@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from contrastlab.evaluation.embed import embed_loader
+from contrastlab.evaluation.embed_cache import split_embeddings
 from contrastlab.evaluation.knn import knn_accuracy
 
 
@@ -22,14 +22,9 @@ class KNNMonitor(L.Callback):
         self.init_value: float | None = None
 
     def compute(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            embed = pl_module.embed  # type: ignore[attr-defined]
-            tr_x, tr_y = embed_loader(embed, datamodule.eval_train_dataloader(), pl_module.device)
-            va_x, va_y = embed_loader(embed, datamodule.val_dataloader(), pl_module.device)
-        finally:
-            pl_module.train(was_training)
+        # embeddings shared with the other callbacks of this validation (computed once, in eval mode)
+        tr_x, tr_y = split_embeddings(pl_module, datamodule, "train")
+        va_x, va_y = split_embeddings(pl_module, datamodule, "val")
         return self.score(tr_x, tr_y, va_x, va_y)
 
     def score(

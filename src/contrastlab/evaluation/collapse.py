@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch import Tensor
 
+from contrastlab.evaluation.embed_cache import split_embeddings
 from contrastlab.evaluation.health import embedding_health
 from contrastlab.evaluation.pairs import augmented_pairs, embed_pairs
 
@@ -28,37 +27,25 @@ class CollapseWarning(UserWarning):
     """The embedding space has collapsed (a watched health metric fell below its threshold)."""
 
 
-@torch.no_grad()
-def embed_first(
-    fn: Any, loader: Any, n: int | None, device: torch.device | str, key: str = "image"
-) -> Tensor:
-    """Embeddings (min(n, N), D), float32 on CPU, of the first ``n`` items of ``loader`` (None: all)."""
-    parts, seen = [], 0
-    for batch in loader:
-        parts.append(fn(batch[key].to(device)).float().cpu())
-        seen += parts[-1].shape[0]
-        if n is not None and seen >= n:
-            break
-    return torch.cat(parts)[:n] if n is not None else torch.cat(parts)
-
-
 def measure_health(
     pl_module: L.LightningModule,
     datamodule: Any,
     max_samples: int | None = 2048,
-    alignment_pairs: int = 256,
+    alignment_pairs: int = 128,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Health metrics of ``pl_module.embed`` on the first ``max_samples`` validation items (eval mode)."""
-    was_training = pl_module.training
-    pl_module.eval()
-    try:
-        embed = pl_module.embed  # type: ignore[attr-defined]
-        z = embed_first(embed, datamodule.val_dataloader(), max_samples, pl_module.device)
-        views = augmented_pairs(datamodule, alignment_pairs, seed) if alignment_pairs > 0 else None
-        pairs = embed_pairs(embed, views, pl_module.device) if views is not None else None
-    finally:
-        pl_module.train(was_training)
+    """Health metrics of ``pl_module.embed`` (eval mode) on the validation split (uniformity on at most
+    ``max_samples`` of them) and, for alignment, on ``alignment_pairs`` augmented validation pairs."""
+    z, _ = split_embeddings(pl_module, datamodule, "val")
+    views = augmented_pairs(datamodule, alignment_pairs, seed) if alignment_pairs > 0 else None
+    pairs = None
+    if views is not None:
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            pairs = embed_pairs(pl_module.embed, views, pl_module.device)  # type: ignore[arg-type]
+        finally:
+            pl_module.train(was_training)
     return embedding_health(z, pairs, max_samples=max_samples, seed=seed)
 
 
@@ -69,7 +56,7 @@ class CollapseMonitor(L.Callback):
         fraction: collapse when a watched metric is below ``fraction * baseline`` (its value at init).
         watch: which metrics to watch (``effective_rank``, ``dim_std``).
         stop: stop training (``trainer.should_stop``) on collapse.
-        max_samples: validation items embedded per measurement.
+        max_samples: uniformity on at most this many validation items (a fixed random subset).
         alignment_pairs: augmented validation pairs for alignment (0: skip alignment).
     """
 
@@ -79,7 +66,7 @@ class CollapseMonitor(L.Callback):
         watch: Sequence[str] = ("effective_rank", "dim_std"),
         stop: bool = False,
         max_samples: int | None = 2048,
-        alignment_pairs: int = 256,
+        alignment_pairs: int = 128,
         seed: int = 0,
     ) -> None:
         if not 0 < fraction < 1:

@@ -29,7 +29,7 @@ def fit_logistic_regression(
     num_classes: int,
     weight_decay: float = 1e-4,
     max_iter: int = 1000,
-    tolerance: float = 1e-9,
+    tolerance: float = 1e-6,
 ) -> tuple[Tensor, Tensor]:
     """Weights (C, D), bias (C,) minimising the penalised mean cross-entropy of ``x`` (N, D), ``y`` (N,)."""
     x = x.detach()
@@ -65,7 +65,7 @@ def linear_probe(
     train_y: Tensor,
     test_x: Tensor,
     test_y: Tensor,
-    weight_decays: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+    weight_decays: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
     holdout_fraction: float = 0.1,
     seed: int = 0,
     standardize: bool = True,

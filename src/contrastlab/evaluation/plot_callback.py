@@ -15,7 +15,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from contrastlab.evaluation.embed import embed_loader
+from contrastlab.evaluation.embed_cache import split_embeddings
 from contrastlab.evaluation.plots import plot_title, save_embedding_plots
 
 
@@ -81,12 +81,7 @@ class EmbeddingPlotCallback(L.Callback):
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str = "") -> dict[str, Path]:
         dm: Any = trainer.datamodule  # type: ignore[attr-defined]
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            feats, labels = embed_loader(pl_module.embed, dm.val_dataloader(), pl_module.device)  # type: ignore[arg-type]
-        finally:
-            pl_module.train(was_training)
+        feats, labels = split_embeddings(pl_module, dm, "val")
         knn = trainer.callback_metrics.get("val/knn_top1")
         title = plot_title(
             getattr(pl_module, "objective_name", None),
