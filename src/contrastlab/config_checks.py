@@ -4,7 +4,10 @@ with one sentence that names the override to change."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
 
@@ -23,6 +26,7 @@ def check_config(cfg: DictConfig) -> None:
             f"data.batch_size={data.batch_size} leaves no in-batch negatives; set data.batch_size to at least 2."
         )
     check_data_dir(data)
+    check_negatives(cfg)
 
 
 def check_data_dir(data: DictConfig | dict) -> None:
@@ -42,4 +46,83 @@ def check_data_dir(data: DictConfig | dict) -> None:
     if next(root.iterdir(), None) is None:
         raise ConfigError(
             f"data.data_dir={root} is an empty folder; set data.data_dir to the dataset's folder{fetch}."
+        )
+
+
+def _choice(cfg: DictConfig, group: str) -> str:
+    """The group option as typed (``sampler=semi_hard``), or its class name outside a Hydra run."""
+    try:
+        return str(HydraConfig.get().runtime.choices[group])
+    except (ValueError, KeyError, AttributeError):
+        return str(cfg[group].get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def _cls(node: Any) -> type | None:
+    target = node.get("_target_") if node is not None else None
+    try:
+        return get_class(target) if target else None
+    except Exception:  # an unknown target fails with Hydra's own message at instantiation
+        return None
+
+
+def _world(trainer: Any) -> int:
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    n = len(devices) if isinstance(devices, list | tuple) else devices if isinstance(devices, int) else 1
+    return max(1, n) * max(1, int(nodes or 1))
+
+
+def check_negatives(cfg: DictConfig) -> None:
+    """Objective x sampler x loss x data combinations of the triplet / memory-bank / ANN strategies."""
+    objective, sampler, loss = (cfg.get(k) or {} for k in ("objective", "sampler", "loss"))
+    data, trainer = cfg.get("data") or {}, cfg.get("trainer") or {}
+    obj_cls, sampler_cls, loss_cls = _cls(objective), _cls(sampler), _cls(loss)
+    consumes = getattr(obj_cls, "consumes", None)  # "candidates" (InfoNCE) or "triplets"
+    obj, smp = _choice(cfg, "objective"), _choice(cfg, "sampler")
+    if float(loss.get("margin", 0.0) or 0.0) < 0:
+        raise ConfigError(f"loss.margin must be >= 0, got {loss.margin}; set e.g. loss.margin=0.2.")
+    if consumes is None or sampler_cls is None:
+        return
+    serves = getattr(sampler_cls, "serves", ("candidates",))
+    if consumes not in serves:
+        triplet_fix = "semi_hard (or batch_hard, batch_all, memory_bank, ann_mined)"
+        fix = triplet_fix if consumes == "triplets" else "in_batch (or memory_bank)"
+        raise ConfigError(f"sampler={smp} does not serve objective={obj} ({consumes}); set sampler={fix}.")
+    if loss_cls is not None and getattr(loss_cls, "consumes", "candidates") != consumes:
+        fix = "triplet" if consumes == "triplets" else "nt_xent (or info_nce)"
+        raise ConfigError(f"loss={_choice(cfg, 'loss')} does not fit objective={obj}; set loss={fix}.")
+    views = int(data.get("views", 2) or 2)
+    strategy = sampler.get("strategy", sampler.get("mining"))
+    if consumes == "triplets":
+        positives = objective.get("positives", "labels")
+        if positives == "labels" and not getattr(get_class(data._target_), "has_labels", True):
+            raise ConfigError(
+                f"objective.positives=labels but data={_choice(cfg, 'data')} has no labels; "
+                "set objective.positives=views."
+            )
+        if positives == "views" and views < 2:
+            raise ConfigError(
+                f"objective.positives=views needs two views per item, got {views}; set data.views=2."
+            )
+        pk = data.get("batch_sampler")
+        if positives == "labels" and pk is not None and int(pk.get("k", 2)) < 2:
+            raise ConfigError(
+                f"data.batch_sampler.k={pk.k} puts one item per class in a batch, so sampler={smp} finds no "
+                "positive; set data.batch_sampler.k to at least 2 (or objective.positives=views)."
+            )
+        if bool(loss.get("soft_margin", False)) and strategy == "batch_all":
+            raise ConfigError(
+                "loss.soft_margin=true with batch-all mining would score all O(N^3) triplets; "
+                "set loss.soft_margin=false or sampler=batch_hard."
+            )
+    if "size" in sampler and hasattr(sampler_cls, "enqueue"):
+        rows = int(data.get("batch_size", 1)) * (views if consumes == "triplets" else 2) * _world(trainer)
+        if int(sampler.size) < rows:
+            raise ConfigError(
+                f"sampler.size={sampler.size} is smaller than the {rows} rows enqueued per step "
+                f"(data.batch_size x views x devices); set sampler.size to at least {rows}."
+            )
+    if "rank_max" in sampler and not 1 <= int(sampler.rank_min) <= int(sampler.rank_max):
+        raise ConfigError(
+            f"sampler.rank_min={sampler.rank_min} and sampler.rank_max={sampler.rank_max} must satisfy "
+            "1 <= rank_min <= rank_max; set them to a window of neighbour ranks such as 3 and 30."
         )

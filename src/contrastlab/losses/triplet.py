@@ -149,6 +149,9 @@ class TripletMarginLoss(nn.Module):
     matrix computed once with :meth:`distances`.
     """
 
+    #: what it scores: mined triplets (InfoNCE losses score candidate sets); start-up checks read it
+    consumes = "triplets"
+
     def __init__(self, margin: float = 0.2, distance: str = "cosine", soft_margin: bool = False) -> None:
         super().__init__()
         _check(margin, distance)

@@ -1,0 +1,168 @@
+"""ANN-mined hard negatives (faiss) against a brute-force loop: rank window, false-negative filtering."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from contrastlab.negatives import AnnMined, MinedNegativesDataset, mine_ann_negatives
+
+
+def brute_force(emb, labels, rank_min, rank_max, margin):
+    """The valid window candidates of every item, in rank order (Python floats, float64)."""
+    x = [[v / math.sqrt(sum(u * u for u in row)) for v in row] for row in emb.double().tolist()]
+    n = len(x)
+
+    def sim(i, j):
+        return sum(a * b for a, b in zip(x[i], x[j], strict=True))
+
+    out = []
+    for i in range(n):
+        ranked = sorted((j for j in range(n) if j != i), key=lambda j: -sim(i, j))[:rank_max]
+        if labels is None:
+            pos_sim = 1.0
+        else:
+            same = [sim(i, j) for j in range(n) if j != i and labels[j] == labels[i]]
+            pos_sim = max(same) if same else 1.0
+        out.append(
+            [
+                j
+                for r, j in enumerate(ranked, start=1)
+                if rank_min <= r
+                and (labels is None or labels[j] != labels[i])
+                and sim(i, j) < pos_sim - margin
+            ]
+        )
+    return out
+
+
+def data(n=60, d=8, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(n, d, generator=g)
+    labels = torch.randint(classes, (n,), generator=g)
+    emb[1] = emb[0] + 1e-3 * torch.randn(d, generator=g)  # a near-duplicate of item 0 ...
+    labels[1] = (labels[0] + 1) % classes  # ... with another label: a likely false negative
+    return emb, labels
+
+
+@pytest.mark.parametrize("use_labels", [True, False])
+def test_top_sampling_matches_brute_force(use_labels):
+    emb, labels = data()
+    lab = labels if use_labels else None
+    table, stats = mine_ann_negatives(
+        emb, lab, num_negatives=2, rank_min=2, rank_max=12, margin=0.05, progress=False
+    )
+    ref = brute_force(emb, None if lab is None else labels.tolist(), 2, 12, 0.05)
+    filled = 0
+    for i, valid in enumerate(ref):
+        k = min(2, len(valid))
+        assert table[i, :k].tolist() == valid[:k], i
+        for j in table[i, k:].tolist():  # too few survivors: random valid negatives
+            filled += 1
+            assert j != i and (lab is None or labels[j] != labels[i])
+    assert stats["ann/random_fill_fraction"] == pytest.approx(filled / table.numel())
+
+
+def test_false_negatives_are_skipped():
+    emb, labels = data()
+    # rank 1 of item 0 is its near-duplicate (item 1, another label): too close to be a real negative
+    table, _ = mine_ann_negatives(
+        emb, labels, num_negatives=3, rank_min=1, rank_max=10, margin=0.05, progress=False
+    )
+    assert 1 not in table[0].tolist() and 0 not in table[1].tolist()
+    views, _ = mine_ann_negatives(
+        emb, None, num_negatives=3, rank_min=1, rank_max=10, margin=0.05, progress=False
+    )
+    assert 1 not in views[0].tolist()  # view positives: within the margin of the item itself
+    no_filter, _ = mine_ann_negatives(
+        emb, None, num_negatives=1, rank_min=1, rank_max=10, margin=-1.0, progress=False
+    )
+    assert no_filter[0].item() == 1  # without the margin it would have been picked
+
+
+def test_random_sampling_stays_in_the_filtered_window():
+    emb, labels = data(seed=1)
+    table, _ = mine_ann_negatives(
+        emb,
+        labels,
+        num_negatives=2,
+        rank_min=3,
+        rank_max=15,
+        margin=0.0,
+        sampling="random",
+        seed=3,
+        progress=False,
+    )
+    ref = brute_force(emb, labels.tolist(), 3, 15, 0.0)
+    for i, valid in enumerate(ref):
+        picks = table[i].tolist()
+        assert len(set(picks[: min(2, len(valid))]) - set(valid)) == 0
+    again, _ = mine_ann_negatives(
+        emb,
+        labels,
+        num_negatives=2,
+        rank_min=3,
+        rank_max=15,
+        margin=0.0,
+        sampling="random",
+        seed=3,
+        progress=False,
+    )
+    assert torch.equal(table, again)
+
+
+def test_bad_windows_name_the_key():
+    emb, labels = data(n=10)
+    with pytest.raises(ValueError, match="sampler.rank_min"):
+        mine_ann_negatives(emb, labels, rank_min=5, rank_max=3, progress=False)
+    with pytest.raises(ValueError, match="sampler.rank_max"):
+        mine_ann_negatives(emb, labels, rank_max=10, progress=False)
+    with pytest.raises(ValueError, match="sampler.num_negatives"):
+        mine_ann_negatives(emb, labels, num_negatives=4, rank_min=1, rank_max=3, progress=False)
+
+
+class _Views(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "views": [torch.full((1, 2, 2), float(i)), torch.full((1, 2, 2), -float(i))],
+            "label": i % 2,
+            "index": i,
+        }
+
+
+def test_dataset_serves_each_items_mined_negatives():
+    table = torch.tensor([[1, 3], [0, 2], [5, 1], [0, 4], [3, 5], [2, 4]])
+    item = MinedNegativesDataset(_Views(), table)[2]
+    assert item["negatives"].shape == (2, 1, 2, 2)
+    assert item["negatives"][:, 0, 0, 0].tolist() == [5.0, 1.0]  # first view of items 5 and 1
+    assert item["negative_index"].tolist() == [5, 1] and item["negative_label"].tolist() == [1, 1]
+    with pytest.raises(RuntimeError, match="before the first ANN mining"):
+        MinedNegativesDataset(_Views(), torch.full((6, 2), -1))[0]
+
+
+def test_refresh_fills_the_shared_table_and_the_checkpointed_buffer():
+    emb, labels = data(n=40)
+    loader = [{"image": emb[s : s + 16], "label": labels[s : s + 16]} for s in range(0, 40, 16)]
+    ann = AnnMined(num_negatives=2, rank_min=1, rank_max=8, margin=0.05, use_gpu=False)
+
+    class _DM:
+        train_base = list(range(40))
+
+        def setup(self) -> None:
+            pass
+
+    dm = _DM()
+    ann.attach(dm, "labels")
+    stats = ann.refresh(lambda x: x, loader, "cpu", epoch=0, progress=False)
+    expected, _ = mine_ann_negatives(emb, labels, 2, 1, 8, 0.05, seed=0, progress=False)
+    assert torch.equal(ann.table, expected) and torch.equal(ann.shared_table, expected)
+    assert int(ann.mined_epoch) == 0 and 0.0 <= stats["ann/random_fill_fraction"] <= 1.0
+    assert isinstance(dm.train_dataset_wrapper(_Views()), MinedNegativesDataset)
+    fresh = AnnMined(num_negatives=2, rank_min=1, rank_max=8)
+    fresh.load_state_dict(ann.state_dict())  # table size unknown until loaded
+    assert torch.equal(fresh.table, expected) and int(fresh.mined_epoch) == 0
