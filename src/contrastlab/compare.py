@@ -272,7 +272,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if value.is_integer() and abs(value) < 1e9:
             return str(int(value))
-        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+        return f"{value:.4f}" if 0.01 <= abs(value) < 1e4 else f"{value:.4g}"
     return str(value)
 
 
