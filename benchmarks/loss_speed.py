@@ -1,15 +1,15 @@
 """Speed and peak memory of NT-Xent / InfoNCE forward+backward on CPU, as ratios.
 
-For each size (N pairs -> R = 2N rows, D columns) it times, in the same process and interleaved:
+For each loss and size (R rows = 2N views for NT-Xent; R queries against 2R keys for InfoNCE,
+D columns) it times, in the same process and interleaved:
 
-* ``bound``: the three matrix products NT-Xent cannot avoid: ``S = Z Z^T`` and two products of
-  the same size for the backward (``G Z`` and ``Z^T G``);
+* ``bound``: the three matrix products the loss cannot avoid: ``S = Q K^T`` and two products of
+  the same size for the backward (``G K`` and ``Q^T G``);
 * ``plain``: the straightforward PyTorch formulation (normalise, matmul, mask the diagonal with
-  -inf, ``F.cross_entropy``), forward + backward;
-* ``nt_xent``: :func:`contrastlab.losses.nt_xent` (automatic mode: keeps the softmax for the
+  -inf for NT-Xent, ``F.cross_entropy``), forward + backward;
+* ``nt_xent`` / ``info_nce``: contrastlab's loss in automatic mode (keeps the softmax for the
   backward up to 2**26 entries, memory-efficient above);
-* ``nt_xent[chunked]``: the memory-efficient mode (``chunk_size``), never more than a chunk of S;
-* ``info_nce[keys]``: queries against a separate, 4x larger key set (a memory bank / gathered batch).
+* ``[chunked]``: the memory-efficient mode (``chunk_size``): never more than a chunk of S.
 
 Time is the minimum (and median) over ``--repeats`` runs (the machine is shared: noisy). Peak
 memory is the RSS high-water mark above the RSS before the call (Linux ``/proc/self/clear_refs``),
@@ -17,7 +17,7 @@ measured in a separate call. Finally the 65,536-row NT-Xent (32,768 pairs) runs 
 memory-efficient mode and its peak memory is checked against 4 GB.
 
     python benchmarks/loss_speed.py                    # full table + the 65,536-row run
-    python benchmarks/loss_speed.py --pairs 512 1024 --large-pairs 0   # quick
+    python benchmarks/loss_speed.py --rows 1024 2048 --large-rows 0   # quick
 """
 
 from __future__ import annotations
@@ -63,26 +63,28 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 # ----------------------------------------------------------------------------- the contenders
-def make_cases(pairs: int, dim: int, temperature: float, chunk_size: int) -> dict[str, Callable[[], object]]:
+def nt_xent_cases(
+    rows: int, dim: int, temperature: float, chunk_size: int
+) -> dict[str, Callable[[], object]]:
+    """SimCLR: queries = keys = the 2N views; bound = Z Z^T, G Z, Z^T G."""
+    pairs = rows // 2
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(pairs, dim, generator=g), torch.randn(pairs, dim, generator=g)
-    rows = 2 * pairs
     zn = F.normalize(torch.cat([z1, z2]), dim=1)
-    grad_s = torch.randn(rows, rows, generator=g) if rows <= 16384 else None
-    bank = torch.randn(4 * rows, dim, generator=g)
+    grad_s = torch.randn(rows, rows, generator=g)
+    target = torch.cat([torch.arange(pairs, rows), torch.arange(pairs)])
 
     def bound() -> None:
-        s = zn @ zn.T
-        del s
-        _ = grad_s @ zn  # dZ from the row side
-        _ = zn.T @ grad_s  # dZ from the column side
+        del_ = zn @ zn.T  # forward: S
+        del del_
+        _ = grad_s @ zn  # backward, row side
+        _ = zn.T @ grad_s  # backward, column side
 
     def plain() -> None:
         a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
         z = F.normalize(torch.cat([a, b]), dim=1)
         logits = (z @ z.T) / temperature
         logits = logits.masked_fill(torch.eye(rows, dtype=torch.bool), float("-inf"))
-        target = torch.cat([torch.arange(pairs, rows), torch.arange(pairs)])
         F.cross_entropy(logits, target).backward()
 
     def ours() -> None:
@@ -93,53 +95,73 @@ def make_cases(pairs: int, dim: int, temperature: float, chunk_size: int) -> dic
         a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
         nt_xent(a, b, temperature, chunk_size=chunk_size).backward()
 
-    def ours_keys() -> None:
-        q, k = torch.cat([z1, z2]).requires_grad_(True), bank.clone().requires_grad_(True)
-        info_nce(q, k, torch.arange(rows), temperature).backward()
-
-    cases = {"bound": bound, "plain": plain, "nt_xent": ours, "nt_xent[chunked]": ours_chunked}
-    if rows <= 8192:
-        cases["info_nce[keys]"] = ours_keys
-    if grad_s is None:  # the full-size bound and plain formulations do not fit in memory
-        cases.pop("bound")
-        cases.pop("plain")
-    return cases
+    return {"bound": bound, "plain": plain, "nt_xent": ours, "nt_xent[chunked]": ours_chunked}
 
 
-def run_size(pairs: int, dim: int, temperature: float, repeats: int, chunk_size: int) -> dict[str, dict]:
-    cases = make_cases(pairs, dim, temperature, chunk_size)
-    for fn in cases.values():  # warm-up
-        fn()
+def info_nce_cases(
+    rows: int, dim: int, temperature: float, chunk_size: int
+) -> dict[str, Callable[[], object]]:
+    """Queries (R, D) against a separate key set of 2R rows (gathered batch / memory bank);
+    bound = Q K^T, G K, Q^T G."""
+    g = torch.Generator().manual_seed(0)
+    m = 2 * rows
+    q0, k0 = torch.randn(rows, dim, generator=g), torch.randn(m, dim, generator=g)
+    qn, kn = F.normalize(q0, dim=1), F.normalize(k0, dim=1)
+    grad_s = torch.randn(rows, m, generator=g)
+    pos = torch.randint(0, m, (rows,), generator=g)
+
+    def bound() -> None:
+        del_ = qn @ kn.T
+        del del_
+        _ = grad_s @ kn
+        _ = qn.T @ grad_s
+
+    def plain() -> None:
+        q, k = q0.clone().requires_grad_(True), k0.clone().requires_grad_(True)
+        logits = (F.normalize(q, dim=1) @ F.normalize(k, dim=1).T) / temperature
+        F.cross_entropy(logits, pos).backward()
+
+    def ours(chunk: int | None = None) -> None:
+        q, k = q0.clone().requires_grad_(True), k0.clone().requires_grad_(True)
+        info_nce(q, k, pos, temperature, chunk_size=chunk).backward()
+
+    return {"bound": bound, "plain": plain, "info_nce": ours, "info_nce[chunked]": lambda: ours(chunk_size)}
+
+
+FAMILIES = {"nt_xent": nt_xent_cases, "info_nce": info_nce_cases}
+
+
+def run_size(cases: dict[str, Callable[[], object]], repeats: int, budget_s: float = 2.0) -> dict[str, dict]:
+    """Warm up, then ``repeats`` interleaved rounds (more for fast cases, up to ``budget_s`` per case)."""
+    warm = max(timed(fn) for fn in cases.values())
+    repeats = max(repeats, min(50, int(budget_s / max(warm, 1e-4))))
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):  # interleaved, so load changes hit every contender alike
         for name, fn in cases.items():
             times[name].append(timed(fn))
-    result = {}
-    for name, fn in cases.items():
-        result[name] = {
+    return {
+        name: {
             "min": min(times[name]),
             "median": statistics.median(times[name]),
             "peak_mb": peak_memory_mb(fn),
         }
-    return result
+        for name, fn in cases.items()
+    }
 
 
 # ----------------------------------------------------------------------------- report
-def print_table(pairs_list: list[int], results: dict[int, dict[str, dict]]) -> None:
+def print_table(results: dict[int, dict[str, dict]]) -> None:
     header = (
-        f"{'rows':>6} {'case':<17} {'min s':>8} {'median s':>9} {'/bound':>7} "
-        f"{'plain/x':>8} {'peak MB':>9}"
+        f"{'rows':>6} {'case':<18} {'min s':>8} {'median s':>9} {'/bound':>7} {'plain/x':>8} {'peak MB':>9}"
     )
     print(header)
     print("-" * len(header))
-    for pairs in pairs_list:
-        res = results[pairs]
-        bound, plain = res.get("bound"), res.get("plain")
+    for rows, res in results.items():
+        bound, plain = res["bound"], res["plain"]
         for name, r in res.items():
-            to_bound = f"{r['min'] / bound['min']:.2f}" if bound else "-"
-            speedup = f"{plain['min'] / r['min']:.2f}" if plain and name != "bound" else "-"
+            speedup = f"{plain['min'] / r['min']:.2f}" if name != "bound" else "-"
             print(
-                f"{2 * pairs:>6} {name:<17} {r['min']:>8.3f} {r['median']:>9.3f} {to_bound:>7} "
+                f"{rows:>6} {name:<18} {r['min']:>8.3f} {r['median']:>9.3f} {r['min'] / bound['min']:>7.2f} "
                 f"{speedup:>8} {r['peak_mb']:>9.0f}"
             )
 
@@ -164,35 +186,54 @@ def large_run(pairs: int, dim: int, temperature: float) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", type=int, nargs="+", default=[512, 1024, 2048, 4096], help="N (rows = 2N)")
+    p.add_argument("--rows", type=int, nargs="+", default=[1024, 2048, 4096, 8192], help="R = 2N rows")
+    p.add_argument("--losses", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.5)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--chunk-size", type=int, default=1024, help="rows per chunk for nt_xent[chunked]")
-    p.add_argument("--large-pairs", type=int, default=32768, help="pairs of the big run (0 skips it)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--chunk-size", type=int, default=1024, help="rows per chunk for the [chunked] cases")
+    p.add_argument("--large-rows", type=int, default=65536, help="rows of the big NT-Xent run (0 skips it)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, D = {args.dim}, float32, CPU")
-    results = {n: run_size(n, args.dim, args.temperature, args.repeats, args.chunk_size) for n in args.pairs}
-    print_table(args.pairs, results)
-
-    target = max(args.pairs)
-    res = results[target]
-    if "bound" in res:
-        ratio = res["nt_xent"]["min"] / res["bound"]["min"]
-        speedup = res["plain"]["min"] / res["nt_xent"]["min"]
-        print(
-            f"\nN = {target} pairs ({2 * target} rows): nt_xent / matmul bound = {ratio:.2f} "
-            f"(target <= {TARGET_BOUND_RATIO}: {'PASS' if ratio <= TARGET_BOUND_RATIO else 'FAIL'}); "
-            f"speed-up over plain = {speedup:.2f} "
-            f"(target >= {TARGET_SPEEDUP}: {'PASS' if speedup >= TARGET_SPEEDUP else 'FAIL'})"
-        )
-    if args.large_pairs:
-        elapsed, peak = large_run(args.large_pairs, args.dim, args.temperature)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, D = {args.dim}, float32, CPU")
+    print("min/median over repeats; /bound = min time / min time of the three matrix products;")
+    print("plain/x = speed-up over the straightforward PyTorch formulation; peak MB = RSS high-water mark")
+    bounds = {}
+    for loss in args.losses:
+        print(f"\n== {loss} ==")
+        results = {
+            r: run_size(FAMILIES[loss](r, args.dim, args.temperature, args.chunk_size), args.repeats)
+            for r in args.rows
+        }
+        print_table(results)
+        top = max(args.rows)
+        res = results[top]
+        bounds[loss] = (top, res["bound"]["min"])
+        if loss == "nt_xent":
+            ratio = res["nt_xent"]["min"] / res["bound"]["min"]
+            speedup = res["plain"]["min"] / res["nt_xent"]["min"]
+            print(
+                f"NT-Xent, {top // 2} pairs ({top} rows): time / matmul bound = {ratio:.2f} "
+                f"(target <= {TARGET_BOUND_RATIO}: {'PASS' if ratio <= TARGET_BOUND_RATIO else 'FAIL'}); "
+                f"speed-up over plain = {speedup:.2f} "
+                f"(target >= {TARGET_SPEEDUP}: {'PASS' if speedup >= TARGET_SPEEDUP else 'FAIL'})"
+            )
+    if args.large_rows:
+        elapsed, peak = large_run(args.large_rows // 2, args.dim, args.temperature)
         ok = peak / 1024 < TARGET_LARGE_PEAK_GB
+        extra = ""
+        if "nt_xent" in bounds:  # the bound grows as rows^2 at fixed D
+            rows, t_bound = bounds["nt_xent"]
+            est = t_bound * (args.large_rows / rows) ** 2
+            extra = (
+                f", matmul bound ~{est:.0f} s (extrapolated from {rows} rows) -> ratio ~{elapsed / est:.2f}"
+            )
         print(
-            f"{2 * args.large_pairs} rows ({args.large_pairs} pairs), D = {args.dim}: forward+backward "
-            f"{elapsed:.1f} s, peak memory {peak / 1024:.2f} GB "
+            f"\nNT-Xent, {args.large_rows} rows ({args.large_rows // 2} pairs), D = {args.dim}, chunked "
+            f"mode: forward+backward {elapsed:.1f} s{extra}; peak memory {peak / 1024:.2f} GB "
             f"(target < {TARGET_LARGE_PEAK_GB} GB: {'PASS' if ok else 'FAIL'})"
         )
 
