@@ -379,3 +379,26 @@ def test_shape_errors() -> None:
         nt_xent(torch.randn(4, 3), torch.randn(5, 3))
     with pytest.raises(ValueError, match="loss.temperature"):
         NTXentLoss(temperature=-0.5)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 16])
+@pytest.mark.parametrize("needs", ["queries", "keys", "temperature"])
+def test_gradients_when_only_some_inputs_require_grad(chunk_size: int | None, needs: str) -> None:
+    g = torch.Generator().manual_seed(11)
+    q, k = (
+        torch.randn(40, 8, generator=g, dtype=torch.float64),
+        torch.randn(70, 8, generator=g, dtype=torch.float64),
+    )
+    pos = torch.randint(0, 70, (40,), generator=g)
+    results = []
+    for fn in (info_nce, info_nce_plain):
+        inputs = {
+            "queries": q.clone(),
+            "keys": k.clone(),
+            "temperature": torch.tensor(0.2, dtype=torch.float64),
+        }
+        inputs[needs].requires_grad_(True)
+        kw = {"chunk_size": chunk_size} if fn is info_nce else {}
+        loss = fn(inputs["queries"], inputs["keys"], pos, inputs["temperature"], **kw)
+        results.append(torch.autograd.grad(loss, [inputs[needs]])[0])
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)

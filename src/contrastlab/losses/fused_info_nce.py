@@ -146,25 +146,27 @@ class SinglePositiveInfoNCE(torch.autograd.Function):
                     b = min(a + chunk, n)
                     torch.mm(e_rows(a, b), rhs, out=out[a:b])
                 ek, et_q = out[:, :d], out[:, d:]
-            else:
-                ek = torch.empty(n, d, dtype=q.dtype, device=q.device)
-                et_q = torch.zeros(m, d, dtype=q.dtype, device=q.device)
+            else:  # skip the product a gradient nobody asked for needs (e.g. detached memory-bank keys)
+                need_dq = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]  # dt is computed from dq
+                ek = torch.empty(n, d, dtype=q.dtype, device=q.device) if need_dq else None
+                et_q = torch.zeros(m, d, dtype=q.dtype, device=q.device) if ctx.needs_input_grad[1] else None
                 for a in range(0, n, chunk):
                     b = min(a + chunk, n)
                     e = e_rows(a, b)
-                    torch.mm(e, k, out=ek[a:b])
-                    et_q.addmm_(e.T, q_over_s[a:b])
+                    if ek is not None:
+                        torch.mm(e, k, out=ek[a:b])
+                    if et_q is not None:
+                        et_q.addmm_(e.T, q_over_s[a:b])
             scale = grad * (inv_t / n)
-            dq = (ek * r).sub_(k[positive_index]).mul_(scale)
-            dk = et_q.index_add_(0, positive_index, q, alpha=-1).mul_(scale)
+            dq = None if ek is None else (ek * r).sub_(k[positive_index]).mul_(scale)
+            dk = None if et_q is None else et_q.index_add_(0, positive_index, q, alpha=-1).mul_(scale)
             dt = None
             if temperature is not None and ctx.needs_input_grad[2]:
                 dt = (-(dq * q).sum() * inv_t).reshape(temperature.shape).to(temperature.dtype)
         if symmetric:  # q is k: one gradient for the shared tensor
             return dq.add_(dk), None, dt, None, None, None, None, None, None, None
         dq_out = dq if ctx.needs_input_grad[0] else None
-        dk_out = dk if ctx.needs_input_grad[1] else None
-        return dq_out, dk_out, dt, None, None, None, None, None, None, None
+        return dq_out, dk, dt, None, None, None, None, None, None, None
 
 
 def fused_info_nce(
