@@ -121,6 +121,8 @@ def test_cli_defaults_to_latest_sweep(sweep: Path, tmp_path: Path, monkeypatch: 
     make_run(older / "0", ["loss.temperature=0.3"], {"val/knn_top1": 0.5})
     monkeypatch.setenv("CONTRASTLAB_OUTPUTS", str(tmp_path / "outputs"))
     assert compare.latest_sweep() == sweep
+    (older / "compare.csv").write_text("")  # touching an older sweep does not make it the latest
+    assert compare.latest_sweep() == sweep
     buf = io.StringIO()
     table = compare.compare(["--metrics", "trainer/epoch"], console=Console(file=buf, width=200))
     assert len(table) == 4 and table.loc[0, "run"] == "1"

@@ -26,6 +26,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,13 +147,22 @@ def read_run_dir(run_dir: str | Path, label: str | None = None) -> RunRecord:
     return RunRecord(label or d.name, str(d), overrides, metrics, status, error, read_curves(d))
 
 
+def sweep_started(sweep: Path) -> float:
+    """When a sweep started: its ``<date>_<time>`` name, else when its first job saved its overrides."""
+    try:
+        return datetime.strptime(sweep.name, "%Y-%m-%d_%H-%M-%S").timestamp()
+    except ValueError:
+        stamps = [p.stat().st_mtime for p in sweep.glob("*/.hydra/overrides.yaml")]
+        return min(stamps) if stamps else sweep.stat().st_mtime
+
+
 def latest_sweep(root: str | Path | None = None) -> Path:
-    """The newest ``<root>/<task>/multiruns/<date>_<time>``; root: ``$CONTRASTLAB_OUTPUTS`` or ``outputs``."""
+    """The newest ``<root>/<task>/multiruns/<sweep>``; root: ``$CONTRASTLAB_OUTPUTS`` or ``outputs``."""
     base = Path(root or os.environ.get("CONTRASTLAB_OUTPUTS", "outputs"))
     sweeps = [p for p in base.glob("*/multiruns/*") if p.is_dir()]
     if not sweeps:
         raise FileNotFoundError(f"no sweep under {base}/<task>/multiruns/; pass a sweep or run directory.")
-    return max(sweeps, key=lambda p: (p.name, p.stat().st_mtime))
+    return max(sweeps, key=sweep_started)
 
 
 def _labels(run_dirs: Sequence[Path]) -> list[str]:
