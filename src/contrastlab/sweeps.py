@@ -44,7 +44,7 @@ def record_failure(run_dir: str | Path, err: BaseException, rank: int = 0) -> Pa
     if rank == 0:
         summary = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
         (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.error("job failed (%s): %s: %s; the sweep continues", out, type(err).__name__, err)
+    log.error("job failed, the sweep goes on (%s): %s: %s", out, type(err).__name__, err)
     return error_file
 
 
