@@ -5,6 +5,7 @@ evaluation: ``{"image": x, "label": (B,), "index": (B,)}``. Unlabelled data has 
 """
 
 from contrastlab.data.base import ContrastiveDataModule
+from contrastlab.data.batch_augment import BatchSimCLRAugment
 from contrastlab.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from contrastlab.data.digits import DigitsDataModule
 from contrastlab.data.image_files import SkippedFilesReport, UnreadableImageError, UnreadableImageWarning
@@ -14,6 +15,7 @@ from contrastlab.data.stl10 import STL10DataModule
 from contrastlab.data.transforms import SimCLRAugment
 
 __all__ = [
+    "BatchSimCLRAugment",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "ContrastiveDataModule",

@@ -136,6 +136,12 @@ class ContrastiveDataModule(L.LightningDataModule):
             return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         return self._loader(ds, shuffle=True, drop_last=self.drop_last)
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Batched augmentations run here, on the device, once per view of a training batch."""
+        if isinstance(batch, dict) and "views" in batch and getattr(self.augment, "batched", False):
+            batch["views"] = [self.normalize(self.augment(v)) for v in batch["views"]]  # type: ignore[misc]
+        return batch
+
     def val_dataloader(self) -> DataLoader:
         self.setup()
         return self._loader(EvalDataset(self.val_base, self.eval_transform), shuffle=False)  # type: ignore[arg-type]

@@ -66,11 +66,17 @@ def to_float_image(x: object) -> Tensor:
 
 
 class MultiView:
-    """Apply ``augment`` independently ``views`` times, then ``finish`` (e.g. normalise) to each."""
+    """Apply ``augment`` independently ``views`` times, then ``finish`` (e.g. normalise) to each.
+
+    A batched augmentation (``augment.batched``, e.g. :class:`BatchSimCLRAugment`) is not applied
+    here: the raw image is repeated and the datamodule augments whole batches on the device.
+    """
 
     def __init__(self, augment: Callable[[Tensor], Tensor], views: int = 2, finish: Callable | None = None) -> None:
         self.augment, self.views, self.finish = augment, views, finish or (lambda t: t)
 
     def __call__(self, x: object) -> list[Tensor]:
         img = to_float_image(x)
+        if getattr(self.augment, "batched", False):
+            return [img] * self.views
         return [self.finish(self.augment(img)) for _ in range(self.views)]
