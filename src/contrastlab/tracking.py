@@ -37,6 +37,7 @@ NAME_EXCLUDE = (
     "tags",
     "task_name",
     "hparams_search",
+    "optimized_metric",
 )
 TAG_GROUPS = ("objective", "encoder", "sampler", "data")
 
