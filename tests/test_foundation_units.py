@@ -87,7 +87,10 @@ def test_param_groups_exclude_bias_and_norm_from_decay() -> None:
 def _naive_knn(train_x, train_y, query_x, k, t, num_classes):
     scores = torch.zeros(len(query_x), num_classes, dtype=torch.float64)
     for i, q in enumerate(query_x):
-        sims = [(float(torch.nn.functional.cosine_similarity(q, x, dim=0)), int(y)) for x, y in zip(train_x, train_y, strict=True)]
+        sims = [
+            (float(torch.nn.functional.cosine_similarity(q, x, dim=0)), int(y))
+            for x, y in zip(train_x, train_y, strict=True)
+        ]
         sims.sort(key=lambda s: -s[0])
         for s, y in sims[:k]:
             scores[i, y] += math.exp(s / t)
@@ -133,12 +136,24 @@ def test_batch_augment_identity_settings_keep_the_image() -> None:
     from contrastlab.data import BatchSimCLRAugment
 
     aug = BatchSimCLRAugment(
-        image_size=8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0, jitter_p=0, grayscale_p=0, blur_p=0
+        image_size=8,
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        hflip_p=0,
+        jitter_p=0,
+        grayscale_p=0,
+        blur_p=0,
     )
     x = torch.rand(4, 1, 8, 8)
     torch.testing.assert_close(aug(x), x, atol=1e-5, rtol=0)
     flip = BatchSimCLRAugment(
-        image_size=8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=1.0, jitter_p=0, grayscale_p=0, blur_p=0
+        image_size=8,
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        hflip_p=1.0,
+        jitter_p=0,
+        grayscale_p=0,
+        blur_p=0,
     )
     torch.testing.assert_close(flip(x), x.flip(-1), atol=1e-5, rtol=0)
 
@@ -150,4 +165,6 @@ def test_datamodule_applies_batched_augment_after_transfer() -> None:
     batch = next(iter(dm.train_dataloader()))
     assert torch.equal(batch["views"][0], batch["views"][1])  # raw images until the device hook
     batch = dm.on_after_batch_transfer(batch, 0)
-    assert batch["views"][0].shape == (16, 1, 16, 16) and not torch.equal(batch["views"][0], batch["views"][1])
+    assert batch["views"][0].shape == (16, 1, 16, 16) and not torch.equal(
+        batch["views"][0], batch["views"][1]
+    )

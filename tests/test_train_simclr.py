@@ -21,8 +21,19 @@ def _expect_run_dir(run) -> None:
 def test_default_config_composes_with_targets() -> None:
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         cfg = compose("train")
-    for group in ("data", "augment", "encoder", "head", "objective", "loss", "sampler", "optimizer", "scheduler",
-                  "trainer", "logger"):
+    for group in (
+        "data",
+        "augment",
+        "encoder",
+        "head",
+        "objective",
+        "loss",
+        "sampler",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+    ):
         assert "_target_" in cfg[group], group
     assert cfg.data._target_.endswith("DigitsDataModule")
     assert cfg.objective._target_.endswith("SimCLR")

@@ -15,7 +15,18 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
-PRINT_ORDER = ("data", "augment", "encoder", "head", "objective", "loss", "sampler", "optimizer", "scheduler", "trainer")
+PRINT_ORDER = (
+    "data",
+    "augment",
+    "encoder",
+    "head",
+    "objective",
+    "loss",
+    "sampler",
+    "optimizer",
+    "scheduler",
+    "trainer",
+)
 
 
 def print_config(cfg: DictConfig, console: Console | None = None) -> None:
@@ -50,7 +61,9 @@ def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> dict[str, flo
     return out
 
 
-def print_metrics(metrics: Mapping[str, float | int], title: str = "final metrics", console: Console | None = None) -> None:
+def print_metrics(
+    metrics: Mapping[str, float | int], title: str = "final metrics", console: Console | None = None
+) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -55,7 +55,9 @@ class BatchSimCLRAugment:
         rotation: float = 0.0,
     ) -> None:
         if hue:
-            raise ValueError("BatchSimCLRAugment has no hue jitter; set augment.hue=false or use augment=simclr.")
+            raise ValueError(
+                "BatchSimCLRAugment has no hue jitter; set augment.hue=false or use augment=simclr."
+            )
         self.image_size = image_size
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
         self.hflip_p, self.rotation = hflip_p, rotation
@@ -76,9 +78,15 @@ class BatchSimCLRAugment:
         flip = torch.where(torch.rand(b, device=dev, generator=g) < self.hflip_p, -1.0, 1.0)
         cos, sin = angle.cos(), angle.sin()
         theta = torch.stack(
-            [torch.stack([sx * flip * cos, -sy * sin, cx], 1), torch.stack([sx * flip * sin, sy * cos, cy], 1)], 1
+            [
+                torch.stack([sx * flip * cos, -sy * sin, cx], 1),
+                torch.stack([sx * flip * sin, sy * cos, cy], 1),
+            ],
+            1,
         )
-        grid = F.affine_grid(theta.to(x.dtype), [b, x.shape[1], self.image_size, self.image_size], align_corners=False)
+        grid = F.affine_grid(
+            theta.to(x.dtype), [b, x.shape[1], self.image_size, self.image_size], align_corners=False
+        )
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def color(self, x: Tensor, g: torch.Generator | None = None) -> Tensor:

@@ -26,11 +26,18 @@ class TimmEncoder(nn.Module):
         super().__init__()
         extra = {"pretrained_cfg_overlay": {"file": checkpoint_path}} if checkpoint_path else {}
         self.model = timm.create_model(
-            name, pretrained=pretrained or bool(checkpoint_path), num_classes=0, in_chans=in_chans, **extra, **kwargs
+            name,
+            pretrained=pretrained or bool(checkpoint_path),
+            num_classes=0,
+            in_chans=in_chans,
+            **extra,
+            **kwargs,
         )
         if cifar_stem:
             if not (hasattr(self.model, "conv1") and hasattr(self.model, "maxpool")):
-                raise ValueError(f"encoder.cifar_stem=true needs a ResNet-style model, '{name}' has no conv1/maxpool.")
+                raise ValueError(
+                    f"encoder.cifar_stem=true needs a ResNet-style model, '{name}' has no conv1/maxpool."
+                )
             out_ch = self.model.conv1.out_channels
             self.model.conv1 = nn.Conv2d(in_chans, out_ch, 3, stride=1, padding=1, bias=False)
             self.model.maxpool = nn.Identity()

@@ -45,7 +45,9 @@ class ContrastiveObjective(L.LightningModule):
         self.encoder, self.head, self.loss, self.negatives = encoder, head, loss, negatives
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.batch_size, self.lr_scaling, self.base_batch_size = batch_size, lr_scaling, base_batch_size
-        self.run_config: dict | None = None  # the resolved Hydra config, set by train.py, saved in checkpoints
+        self.run_config: dict | None = (
+            None  # the resolved Hydra config, set by train.py, saved in checkpoints
+        )
 
     # --- embeddings -----------------------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:

@@ -9,7 +9,10 @@ from torch import nn
 
 
 def scaled_lr(base_lr: float, global_batch: int, rule: str = "none", base_batch: int = 256) -> float:
-    """``none``: base_lr; ``linear``: base_lr * B / base_batch (Goyal et al.); ``sqrt``: base_lr * sqrt(B / base_batch)."""
+    """Learning rate for global batch ``B``.
+
+    ``none``: base_lr; ``linear``: base_lr * B / base_batch (Goyal et al.); ``sqrt``: base_lr * sqrt(B / base_batch).
+    """
     if rule == "none":
         return base_lr
     if rule == "linear":
