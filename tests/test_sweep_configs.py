@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution
 
 from contrastlab.build import CONF_DIR
@@ -80,12 +81,42 @@ def test_cifar10_recipes_compose() -> None:
     assert lightly["scheduler"]["warmup_fraction"] == 0.0 and lightly["trainer"]["accelerator"] == "gpu"
     solo = OmegaConf.to_container(compose_train("experiment=simclr_cifar10_solo"), resolve=False)
     assert solo["optimizer"]["_target_"] == "timm.optim.Lars" and solo["trainer"]["max_epochs"] == 1000
-    assert (
-        solo["loss"]["temperature"] == 0.2
-        and solo["head"]["hidden_dim"] == 2048
-        and solo["head"]["out_dim"] == 256
-    )
+    assert solo["loss"]["temperature"] == 0.2 and solo["head"]["hidden_dim"] == 2048 and solo["head"]["out_dim"] == 256
     assert solo["objective"]["lr_scaling"] == "linear"
+
+
+@pytest.mark.parametrize("experiment", ["simclr_cifar10", "simclr_cifar10_solo"])
+def test_cifar10_recipes_only_set_existing_keys(experiment: str) -> None:
+    """An overlay's key that its group's config lacks is a typo (Hydra would add it silently)."""
+    if not (CONF / "data" / "cifar10.yaml").exists():
+        pytest.skip("data=cifar10 is not in this checkout")
+    cfg = compose_train(f"experiment={experiment}")
+    choices = cfg.hydra.runtime.choices
+    groups = ("data", "augment", "encoder", "head", "loss", "optimizer", "scheduler", "objective", "trainer")
+    plain = compose_train(*(f"{g}={choices[g]}" for g in groups))
+    extra_ok = {"optimizer": {"trust_clip"}}  # a timm.optim.Lars argument lars.yaml leaves at its default
+    for group in groups:
+        added = set(cfg[group]) - set(plain[group]) - extra_ok.get(group, set())
+        assert not added, f"experiment={experiment} sets unknown {group} keys {added}"
+    assert set(cfg.callbacks.knn) == set(plain.callbacks.knn)
+
+
+@pytest.mark.parametrize("experiment", ["simclr_cifar10", "simclr_cifar10_solo"])
+def test_cifar10_recipes_build(experiment: str) -> None:
+    """The recipe's model and optimiser are real objects (no data needed)."""
+    if not (CONF / "data" / "cifar10.yaml").exists():
+        pytest.skip("data=cifar10 is not in this checkout")
+    from hydra.utils import instantiate
+
+    from contrastlab import build
+
+    cfg = compose_train(f"experiment={experiment}")
+    with open_dict(cfg):
+        del cfg["hydra"]  # what a job sees
+    model = build.build_objective(cfg)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    assert optimizer.defaults["lr"] == cfg.optimizer.lr
+    assert model.head(model.encoder(torch.zeros(2, 3, 32, 32))).shape == (2, cfg.head.out_dim)
 
 
 def test_cifar10_recipe_cli_cfg_job(tmp_path: Path) -> None:
