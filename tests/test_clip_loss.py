@@ -139,9 +139,7 @@ def test_siglip_loss_with_gathered_texts_and_negatives():
     img, txt, all_txt, neg = _leaves(dtype, (2, 3), (2, 3), (6, 3), (3, 3), seed=5)
     all_txt = torch.cat([all_txt[:4], txt])
     log_scale = torch.tensor(2.0, dtype=dtype, requires_grad=True)
-    fast = siglip_loss(
-        img, txt, log_scale.exp(), -1.0, all_text_features=all_txt, offset=4, text_negatives=neg
-    )
+    fast = siglip_loss(img, txt, log_scale.exp(), -1.0, all_text_features=all_txt, offset=4, text_negatives=neg)
     ref = naive_siglip(img, txt, log_scale, -1.0, all_txt, 4, neg)
     torch.testing.assert_close(fast, ref, atol=1e-9, rtol=1e-9)
     for a, b in zip(_grads(fast, [img, txt, log_scale]), _grads(ref, [img, txt, log_scale]), strict=True):

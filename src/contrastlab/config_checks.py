@@ -26,6 +26,7 @@ def check_config(cfg: DictConfig) -> None:
             f"data.batch_size={data.batch_size} leaves no in-batch negatives; set data.batch_size to at least 2."
         )
     check_data_dir(data)
+    check_two_towers(cfg)
     check_negatives(cfg)
 
 
@@ -126,3 +127,57 @@ def check_negatives(cfg: DictConfig) -> None:
             f"sampler.rank_min={sampler.rank_min} and sampler.rank_max={sampler.rank_max} must satisfy "
             "1 <= rank_min <= rank_max; set them to a window of neighbour ranks such as 3 and 30."
         )
+
+
+def check_two_towers(cfg: DictConfig) -> None:
+    """Two-tower objectives (CLIP, text bi-encoder) against data, loss, sampler, towers and callbacks,
+    and image–caption / text-pair data against the other objectives."""
+    from contrastlab.evaluation.collapse import CollapseMonitor
+    from contrastlab.evaluation.plot_callback import EmbeddingPlotCallback
+    from contrastlab.negatives.in_batch import InBatch
+    from contrastlab.objectives.biencoder import BiEncoder
+    from contrastlab.objectives.clip import CLIP, DualEncoderObjective
+
+    obj_cls, data_cls = _cls(cfg.get("objective")), _cls(cfg.get("data"))
+    loss_cls, sampler_cls = _cls(cfg.get("loss")), _cls(cfg.get("sampler"))
+    if obj_cls is None or data_cls is None:
+        return
+    obj, dat = _choice(cfg, "objective"), _choice(cfg, "data")
+    text_pairs = bool(getattr(data_cls, "has_text_pairs", False))
+    images = bool(getattr(data_cls, "has_images", True))
+    captions = bool(getattr(data_cls, "has_captions", False)) and images
+    if not issubclass(obj_cls, DualEncoderObjective):
+        if text_pairs:
+            raise ConfigError(
+                f"data={dat} holds text pairs, which objective={obj} cannot train on; set objective=biencoder."
+            )
+        if captions:
+            raise ConfigError(
+                f"data={dat} serves image–caption pairs, which objective={obj} cannot train on; set objective=clip."
+            )
+        return
+    if issubclass(obj_cls, CLIP) and not captions:
+        raise ConfigError(
+            f"objective={obj} trains on image–caption pairs and data={dat} has no captions; "
+            "set data=shapes_captions (or data=image_text_csv data.path=<your table>)."
+        )
+    if issubclass(obj_cls, BiEncoder) and not text_pairs:
+        raise ConfigError(f"objective={obj} trains on text pairs and data={dat} has none; set data=text_pairs.")
+    if issubclass(obj_cls, CLIP) and cfg.get("encoder") is None:
+        raise ConfigError(f"objective={obj} needs an image tower; set encoder=small_cnn (or encoder=timm).")
+    if cfg.get("text_encoder") is None:
+        raise ConfigError(f"objective={obj} needs a text tower; set text_encoder=transformer (or text_encoder=hf).")
+    if loss_cls is None or getattr(loss_cls, "consumes", None) != "pairs":
+        raise ConfigError(
+            f"objective={obj} scores matched pairs and loss={_choice(cfg, 'loss')} does not; "
+            "set loss=clip (or loss=siglip)."
+        )
+    if sampler_cls is not None and not issubclass(sampler_cls, InBatch):
+        raise ConfigError(f"objective={obj} takes its negatives from the batch; set sampler=in_batch.")
+    if not images:  # these callbacks embed validation images
+        for name, cb in (cfg.get("callbacks") or {}).items():
+            cb_cls = _cls(cb)
+            if cb_cls is not None and issubclass(cb_cls, CollapseMonitor | EmbeddingPlotCallback):
+                raise ConfigError(
+                    f"callbacks.{name} embeds images and data={dat} has none; set callbacks.{name}=null."
+                )

@@ -79,9 +79,7 @@ def cross_modal_retrieval(
     """
     owner = owner.long().cpu()
     if owner.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"owner must have one entry per row of b, got {owner.shape[0]} for {b.shape[0]} rows"
-        )
+        raise ValueError(f"owner must have one entry per row of b, got {owner.shape[0]} for {b.shape[0]} rows")
     a_ids = torch.arange(a.shape[0])
     owned = owner >= 0
     ranks = {

@@ -29,9 +29,7 @@ from contrastlab.losses.info_nce import info_nce
 
 
 def _as_scale(logit_scale: Tensor | float, like: Tensor) -> Tensor:
-    if (
-        not isinstance(logit_scale, Tensor) and logit_scale <= 0
-    ):  # tensors: exp() of a parameter, no device sync
+    if not isinstance(logit_scale, Tensor) and logit_scale <= 0:  # tensors: exp() of a parameter, no device sync
         raise ValueError(f"logit_scale must be > 0 (the exponentiated scale), got {logit_scale}")
     dtype = torch.promote_types(like.dtype, torch.float32) if not isinstance(logit_scale, Tensor) else None
     scale = torch.as_tensor(logit_scale, device=like.device, dtype=dtype)
@@ -78,9 +76,7 @@ def clip_loss(
     scale = _as_scale(logit_scale, image_features)
     temperature = scale.reciprocal()
     positives = offset + torch.arange(image_features.shape[0], device=image_features.device)
-    i2t = info_nce(
-        image_features, _keys(text_features, all_text_features, text_negatives), positives, temperature
-    )
+    i2t = info_nce(image_features, _keys(text_features, all_text_features, text_negatives), positives, temperature)
     t2i = info_nce(text_features, _keys(image_features, all_image_features), positives, temperature)
     return (i2t + t2i) / 2
 
@@ -119,6 +115,8 @@ class CLIPLoss(nn.Module):
     """Module form of :func:`clip_loss`. ``init_temperature`` is where the objective starts its
     learnable ``logit_scale = log(1 / init_temperature)`` (CLIP: 0.07)."""
 
+    consumes = "pairs"  # matched (image, text) rows, not a candidate set or triplets
+
     def __init__(self, init_temperature: float = 0.07) -> None:
         super().__init__()
         if init_temperature <= 0:
@@ -131,9 +129,7 @@ class CLIPLoss(nn.Module):
     def init_logit_scale(self) -> float:
         return math.log(1.0 / self.init_temperature)
 
-    def forward(
-        self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, **kw: object
-    ) -> Tensor:
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, **kw: object) -> Tensor:
         return clip_loss(image_features, text_features, logit_scale, **kw)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
@@ -147,15 +143,11 @@ class SigLIPLoss(CLIPLoss):
     ``all_image_features`` is accepted and ignored.
     """
 
-    def __init__(
-        self, init_temperature: float = 0.1, init_bias: float = -10.0, learn_bias: bool = True
-    ) -> None:
+    def __init__(self, init_temperature: float = 0.1, init_bias: float = -10.0, learn_bias: bool = True) -> None:
         super().__init__(init_temperature)
         self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)), requires_grad=learn_bias)
 
-    def forward(
-        self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, **kw: object
-    ) -> Tensor:
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, **kw: object) -> Tensor:
         kw.pop("all_image_features", None)
         return siglip_loss(image_features, text_features, logit_scale, self.logit_bias, **kw)  # type: ignore[arg-type]
 

@@ -1,0 +1,148 @@
+"""The CLIP objective in-process: the logit_scale clamp, frozen towers, the vocabulary and metrics
+surviving a checkpoint, and evaluate_metrics equal to what validation logs."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+
+from contrastlab.data.shapes_captions import ShapesCaptionsDataModule
+from contrastlab.encoders import ProjectionHead, SmallCNN
+from contrastlab.encoders.text import TransformerTextEncoder
+from contrastlab.losses import CLIPLoss, SigLIPLoss
+from contrastlab.negatives import InBatch
+from contrastlab.objectives.clip import CLIP
+
+
+def make_model(loss=None, **kw) -> CLIP:
+    torch.manual_seed(0)
+    return CLIP(
+        encoder=SmallCNN(3, width=4, stages=2, out_dim=16),
+        head=ProjectionHead(16, out_dim=8, num_layers=1, batch_norm=False),
+        loss=loss or CLIPLoss(),
+        negatives=InBatch(),
+        optimizer=partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.0),
+        text_encoder=TransformerTextEncoder(vocab_size=64, max_length=16, width=16, depth=1, heads=2),
+        batch_size=16,
+        **kw,
+    )
+
+
+def make_dm(**kw) -> ShapesCaptionsDataModule:
+    kw = {"num_train": 64, "num_val": 24, "batch_size": 16, "image_size": 16, **kw}
+    return ShapesCaptionsDataModule(**kw)
+
+
+def fit(model, dm, steps=2, tmp_path=None, **kw):
+    trainer = L.Trainer(
+        max_steps=steps,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kw,
+    )
+    trainer.fit(model, datamodule=dm)
+    return trainer
+
+
+def test_logit_scale_starts_at_clip_value_and_is_clamped_after_each_step(tmp_path):
+    model = make_model()
+    assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(500.0))  # above the cap: the next optimizer step must bring it down
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append(pl_module.logit_scale.exp().item())
+
+    fit(model, make_dm(), steps=3, tmp_path=tmp_path, limit_train_batches=3, max_epochs=1, callbacks=[Spy()])
+    assert len(seen) == 3 and all(s <= 100.0 + 1e-4 for s in seen)
+    assert seen[0] == pytest.approx(100.0, rel=1e-6)
+    # the clamp is what holds it there: a plain optimizer step on a raised scale would not
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(500.0))
+    model.clamp_logit_scale()
+    assert model.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-6)
+    model.max_logit_scale = 50.0
+    model.clamp_logit_scale()
+    assert model.logit_scale.exp().item() == pytest.approx(50.0, rel=1e-6)
+
+
+def test_logit_scale_is_learned_and_logged(tmp_path):
+    model = make_model()
+    before = model.logit_scale.item()
+    trainer = fit(model, make_dm(), steps=2, tmp_path=tmp_path)
+    assert model.logit_scale.item() != before
+    assert trainer.callback_metrics["train/logit_scale"].item() == pytest.approx(
+        model.logit_scale.exp().item(), rel=0.2
+    )
+    fixed = make_model(learn_logit_scale=False, init_temperature=0.5)
+    assert fixed.logit_scale.exp().item() == pytest.approx(2.0)
+    fit(fixed, make_dm(), steps=2, tmp_path=tmp_path)
+    assert fixed.logit_scale.exp().item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("frozen", ["image", "text"])
+def test_frozen_towers_do_not_change(tmp_path, frozen):
+    model = make_model(**{f"freeze_{frozen}": True})
+    tower = model.encoder if frozen == "image" else model.text_encoder
+    other = model.text_encoder if frozen == "image" else model.encoder
+    dm = make_dm()
+    model.prepare_text(dm)
+    before = {k: v.clone() for k, v in tower.state_dict().items() if torch.is_tensor(v)}
+    other_before = [p.clone() for p in other.parameters()]
+    fit(model, dm, steps=2, tmp_path=tmp_path)
+    model.train()
+    assert not tower.training  # locked towers keep eval behaviour (BatchNorm statistics)
+    for k, v in tower.state_dict().items():
+        if torch.is_tensor(v):
+            assert torch.equal(v, before[k]), k  # weights and BatchNorm buffers alike
+    assert any(not torch.equal(a, b) for a, b in zip(other.parameters(), other_before, strict=True))
+    assert not any(p.requires_grad for p in tower.parameters())
+
+
+def test_checkpoint_carries_vocabulary_and_reproduces_metrics(tmp_path):
+    dm = make_dm()
+    model = make_model()
+    trainer = fit(model, dm, steps=3, tmp_path=tmp_path, limit_train_batches=3, max_epochs=1)
+    logged = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/") and "recall" in k}
+    assert "val/i2t_recall@5" in logged and "val/zero_shot_top1" in trainer.callback_metrics
+    ckpt = tmp_path / "clip.ckpt"
+    trainer.save_checkpoint(ckpt)
+    fresh = make_model()
+    assert fresh.text_encoder.needs_fit
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    fresh.load_state_dict(state)
+    assert fresh.text_encoder.tokenizer.tokens == model.text_encoder.tokenizer.tokens
+    again = fresh.evaluate_metrics(make_dm())
+    for k, v in logged.items():
+        assert again[k] == pytest.approx(v, abs=1e-6), k
+    assert again["val/zero_shot_top1"] == pytest.approx(trainer.callback_metrics["val/zero_shot_top1"].item())
+
+
+def test_evaluate_metrics_keys_and_chance():
+    dm = make_dm()
+    m = make_model().evaluate_metrics(dm)
+    for direction in ("i2t", "t2i"):
+        for k in (1, 5, 10):
+            assert 0.0 <= m[f"val/{direction}_recall@{k}"] <= 1.0
+        assert m[f"val/{direction}_median_rank"] >= 1.0
+    assert m["val/t2i_recall@5_chance"] == pytest.approx(5 / 24)
+    assert 0.0 <= m["val/zero_shot_top1"] <= 1.0 and "val/zero_shot_top5" in m  # 6 shape classes
+
+
+def test_siglip_trains_its_bias(tmp_path):
+    model = make_model(loss=SigLIPLoss())
+    assert model.logit_scale.exp().item() == pytest.approx(10.0)
+    trainer = fit(model, make_dm(), steps=2, tmp_path=tmp_path)
+    assert model.loss.logit_bias.item() != -10.0
+    assert "train/logit_bias" in trainer.callback_metrics
