@@ -53,8 +53,10 @@ class CollapseMonitor(L.Callback):
     """Logs ``val/{alignment,uniformity,effective_rank,dim_std}`` each validation; warns once on collapse.
 
     Args:
-        fraction: collapse when a watched metric is below ``fraction * baseline`` (its value at init).
+        fraction: collapse when a watched metric is below ``fraction * reference``.
         watch: which metrics to watch (``effective_rank``, ``dim_std``).
+        reference: ``initial`` (the value at initialisation) or ``best`` (the highest value seen so far,
+            which also catches a collapse after the metric has grown during training).
         stop: stop training (``trainer.should_stop``) on collapse.
         max_samples: uniformity on at most this many validation items (a fixed random subset).
         alignment_pairs: augmented validation pairs for alignment (0: skip alignment).
@@ -64,6 +66,7 @@ class CollapseMonitor(L.Callback):
         self,
         fraction: float = 0.1,
         watch: Sequence[str] = ("effective_rank", "dim_std"),
+        reference: str = "initial",
         stop: bool = False,
         max_samples: int | None = 2048,
         alignment_pairs: int = 128,
@@ -76,7 +79,9 @@ class CollapseMonitor(L.Callback):
             raise ValueError(
                 f"callbacks.collapse.watch: unknown {sorted(unknown)}; use effective_rank, dim_std"
             )
-        self.fraction, self.watch, self.stop = fraction, tuple(watch), stop
+        if reference not in ("initial", "best"):
+            raise ValueError(f"callbacks.collapse.reference must be initial or best, got {reference}")
+        self.fraction, self.watch, self.reference, self.stop = fraction, tuple(watch), reference, stop
         self.max_samples, self.alignment_pairs, self.seed = max_samples, alignment_pairs, seed
         self.baseline: dict[str, float] | None = None
         self.collapsed = False
@@ -101,26 +106,33 @@ class CollapseMonitor(L.Callback):
         values = self.measure(pl_module, trainer.datamodule)  # type: ignore[attr-defined]
         for name, value in values.items():
             pl_module.log(f"val/{name}", value, sync_dist=False, rank_zero_only=False)
-        if (
-            self.baseline is None
-        ):  # resumed without this callback's state: the first measurement is the baseline
-            self.baseline = values
-            return
-        fallen = {
-            k: (values[k], self.baseline[k])
-            for k in self.watch
-            if self.baseline.get(k, 0) > 0 and values[k] < self.fraction * self.baseline[k]
-        }
+        fallen = self.check(values)
         if fallen and not self.collapsed:
             self.collapsed = True
             self._warn(fallen, trainer.current_epoch, trainer.global_step)
         if fallen and self.stop:
             trainer.should_stop = True
 
+    def check(self, values: dict[str, float]) -> dict[str, tuple[float, float]]:
+        """``{metric: (value, reference)}`` for the watched metrics below ``fraction * reference``;
+        then updates the reference (``best``). Without a baseline yet (a run resumed without this
+        callback's state), ``values`` becomes the baseline."""
+        if self.baseline is None:
+            self.baseline = dict(values)
+            return {}
+        fallen = {
+            k: (values[k], self.baseline[k])
+            for k in self.watch
+            if self.baseline.get(k, 0) > 0 and values[k] < self.fraction * self.baseline[k]
+        }
+        if self.reference == "best":
+            self.baseline = {k: max(v, self.baseline.get(k, v)) for k, v in values.items()}
+        return fallen
+
     @rank_zero_only
     def _warn(self, fallen: dict[str, tuple[float, float]], epoch: int, step: int) -> None:
         what = "; ".join(
-            f"val/{k} = {v:.4g}, below {self.fraction:g} x its initial {b:.4g}"
+            f"val/{k} = {v:.4g}, below {self.fraction:g} x its {self.reference} value {b:.4g}"
             for k, (v, b) in fallen.items()
         )
         action = (
