@@ -80,13 +80,16 @@ def test_clip_loss_without_gradients(dtype):
     torch.testing.assert_close(fast, ref, atol=TOL[dtype], rtol=TOL[dtype])
 
 
-def test_clip_loss_with_gathered_keys_offset_and_negatives():
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_clip_loss_with_gathered_keys_offset_and_negatives(chunk_size):
     dtype = torch.float64
     img, txt, all_img, all_txt, neg = _leaves(dtype, (3, 4), (3, 4), (9, 4), (9, 4), (2, 4), seed=1)
     # this rank's rows are rows 3..5 of the gathered batch
     all_img, all_txt = torch.cat([all_img[:3], img, all_img[6:]]), torch.cat([all_txt[:3], txt, all_txt[6:]])
     log_scale = torch.tensor(1.3, dtype=dtype, requires_grad=True)
-    kw = dict(all_image_features=all_img, all_text_features=all_txt, offset=3, text_negatives=neg)
+    kw = dict(
+        all_image_features=all_img, all_text_features=all_txt, offset=3, text_negatives=neg, chunk_size=chunk_size
+    )
     fast = clip_loss(img, txt, log_scale.exp(), **kw)
     ref = naive_clip(img, txt, log_scale, all_img, all_txt, 3, neg)
     torch.testing.assert_close(fast, ref, atol=1e-9, rtol=1e-9)

@@ -15,6 +15,7 @@ from contrastlab.data.shapes_captions import (
     ShapeScene,
     captions_for,
     held_out,
+    held_out_combos,
     render,
 )
 
@@ -44,11 +45,25 @@ def test_same_seed_same_data_other_seed_other_data(dm):
     assert not torch.equal(other.train_split.images, dm.train_split.images)
 
 
-def test_validation_holds_only_unseen_shape_colour_pairs(dm):
-    train_pairs = {(s.shape, s.colour) for s in dm.train_scenes}
-    val_pairs = {(s.shape, s.colour) for s in dm.val_scenes}
+def test_validation_holds_only_unseen_scene_combinations(dm):
+    def combo(s):
+        return (s.shape, s.colour, s.size, s.position)
+
+    train, val = {combo(s) for s in dm.train_scenes}, {combo(s) for s in dm.val_scenes}
+    assert train.isdisjoint(val) and val <= held_out_combos("scene", 0)
+    # every shape–colour pair is still seen in training, in other sizes and positions
+    assert {(s.shape, s.colour) for s in dm.val_scenes} <= {(s.shape, s.colour) for s in dm.train_scenes}
+    assert len(held_out_combos("scene", 0)) == len(SHAPES) * len(COLOURS)
+    assert held_out_combos("scene", 0) != held_out_combos("scene", 1)
+
+
+def test_shape_colour_holdout_never_shows_the_pair():
+    module = ShapesCaptionsDataModule(num_train=300, num_val=60, holdout="shape_colour", holdout_offset=2)
+    module.setup()
+    train_pairs = {(s.shape, s.colour) for s in module.train_scenes}
+    val_pairs = {(s.shape, s.colour) for s in module.val_scenes}
     assert train_pairs.isdisjoint(val_pairs)
-    assert all(held_out(s, c, 0) for s, c in val_pairs)
+    assert all(held_out(s, c, 2) for s, c in val_pairs)
     assert len(val_pairs) == len(SHAPES)  # one held-out colour per shape
     assert len(train_pairs) == len(SHAPES) * (len(COLOURS) - 1)
 
@@ -102,3 +117,5 @@ def test_batches(dm):
 def test_bad_options_name_the_key():
     with pytest.raises(ValueError, match="data.label"):
         ShapesCaptionsDataModule(label="size")
+    with pytest.raises(ValueError, match="data.holdout"):
+        ShapesCaptionsDataModule(holdout="colour")

@@ -17,6 +17,7 @@ class ConfigError(ValueError):
 
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first problem found."""
+    check_two_towers(cfg)  # first: a text-only dataset leaves image keys (${data.image_size}) unresolvable
     loss = cfg.get("loss") or {}
     if "temperature" in loss and loss.temperature is not None and float(loss.temperature) <= 0:
         raise ConfigError(f"loss.temperature must be > 0, got {loss.temperature}; set e.g. loss.temperature=0.1.")
@@ -26,7 +27,6 @@ def check_config(cfg: DictConfig) -> None:
             f"data.batch_size={data.batch_size} leaves no in-batch negatives; set data.batch_size to at least 2."
         )
     check_data_dir(data)
-    check_two_towers(cfg)
     check_negatives(cfg)
 
 

@@ -180,7 +180,14 @@ class ImageTextDataModule(ContrastiveDataModule):
             kw["keys"] = [(("image", i), ("text", c)) for i, c in pairs]
         if "labels" in params:
             kw["labels"] = torch.tensor([int(self.train_split.labels[i]) for i, _ in pairs])  # type: ignore[union-attr]
-        return self.batch_sampler(**kw)
+        sampler = self.batch_sampler(**kw)
+        if len(sampler) == 0:
+            raise ValueError(
+                f"data.batch_sampler forms no batch of data.batch_size={self.batch_size} from the {len(pairs)} "
+                "training pairs (too few distinct images or captions); set data.batch_size lower "
+                "or data.batch_sampler=null."
+            )
+        return sampler
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

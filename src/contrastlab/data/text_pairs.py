@@ -166,9 +166,15 @@ class TextPairsDataModule(L.LightningDataModule):
         kw: dict[str, Any] = {"batch_size": self.batch_size, "drop_last": self.drop_last}
         if "keys" in inspect.signature(self.batch_sampler).parameters:
             kw["keys"] = [tuple({ds[i]["query"], ds[i]["positive"], *ds[i]["negatives"]}) for i in range(len(ds))]
+        sampler = self.batch_sampler(**kw)
+        if len(sampler) == 0:
+            raise ValueError(
+                f"data.batch_sampler forms no batch of data.batch_size={self.batch_size} from the {len(ds)} "
+                "training pairs (too few distinct texts); set data.batch_size lower or data.batch_sampler=null."
+            )
         return DataLoader(
             ds,
-            batch_sampler=self.batch_sampler(**kw),
+            batch_sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_pairs,
             persistent_workers=self.num_workers > 0,

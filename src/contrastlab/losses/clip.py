@@ -62,6 +62,7 @@ def clip_loss(
     all_text_features: Tensor | None = None,
     offset: int = 0,
     text_negatives: Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Symmetric CLIP cross-entropy of ``N`` matched pairs; returns a scalar.
 
@@ -71,13 +72,17 @@ def clip_loss(
         all_image_features, all_text_features: (M, D) keys from every rank (default: the local rows).
         offset: index of local row 0 among the keys.
         text_negatives: (K, D) extra text keys for the image→text direction.
+        chunk_size: rows per block of the similarity matrix in :func:`info_nce` (None: its choice).
     """
     _check_pairs(image_features, text_features)
     scale = _as_scale(logit_scale, image_features)
     temperature = scale.reciprocal()
     positives = offset + torch.arange(image_features.shape[0], device=image_features.device)
-    i2t = info_nce(image_features, _keys(text_features, all_text_features, text_negatives), positives, temperature)
-    t2i = info_nce(text_features, _keys(image_features, all_image_features), positives, temperature)
+    text_keys = _keys(text_features, all_text_features, text_negatives)
+    i2t = info_nce(image_features, text_keys, positives, temperature, chunk_size=chunk_size)
+    t2i = info_nce(
+        text_features, _keys(image_features, all_image_features), positives, temperature, chunk_size=chunk_size
+    )
     return (i2t + t2i) / 2
 
 
@@ -117,20 +122,20 @@ class CLIPLoss(nn.Module):
 
     consumes = "pairs"  # matched (image, text) rows, not a candidate set or triplets
 
-    def __init__(self, init_temperature: float = 0.07) -> None:
+    def __init__(self, init_temperature: float = 0.07, chunk_size: int | None = None) -> None:
         super().__init__()
         if init_temperature <= 0:
             raise ValueError(
                 f"loss.init_temperature must be > 0, got {init_temperature}; set loss.init_temperature=0.07."
             )
-        self.init_temperature = init_temperature
+        self.init_temperature, self.chunk_size = init_temperature, chunk_size
 
     @property
     def init_logit_scale(self) -> float:
         return math.log(1.0 / self.init_temperature)
 
     def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, **kw: object) -> Tensor:
-        return clip_loss(image_features, text_features, logit_scale, **kw)  # type: ignore[arg-type]
+        return clip_loss(image_features, text_features, logit_scale, chunk_size=self.chunk_size, **kw)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return f"init_temperature={self.init_temperature}"

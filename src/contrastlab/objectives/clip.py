@@ -161,6 +161,7 @@ class CLIP(DualEncoderObjective):
     """
 
     objective_name = "clip"
+    supports_grad_cache = True
 
     def __init__(self, *args: Any, freeze_image: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -184,7 +185,9 @@ class CLIP(DualEncoderObjective):
         return self.encode_texts(texts, self.text_encoder, self.text_projection)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss = self.pair_loss(self.encode_image(batch["image"]), self.encode_text(batch["text"]))
+        streams = [(self.encode_image, batch["image"]), (self.encode_text, batch["text"])]
+        images, texts = self.grad_cache(self, streams)  # = encode_image(...), encode_text(...)
+        loss = self.pair_loss(images, texts)
         self.log_step(loss, len(batch["text"]))
         return loss
 
