@@ -84,9 +84,7 @@ def train(overrides: Sequence[str] = (), output_dir: str | Path = "outputs/api")
     return metrics
 
 
-def load_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu", **kwargs: Any
-) -> tuple[Any, Any, DictConfig]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> tuple[Any, Any, DictConfig]:
     """``(model, datamodule, cfg)`` of a checkpoint written by a run: the objective in eval mode on
     ``device``, its datamodule set up, and the run's resolved config. ``kwargs`` go to
     :func:`contrastlab.checkpoints.load_checkpoint` (``data=``, ``batch_size=``, ``trust=``, ...), the
