@@ -26,6 +26,7 @@ class BiEncoder(DualEncoderObjective):
     """
 
     objective_name = "biencoder"
+    supports_grad_cache = True
 
     def __init__(self, *args: Any, shared: bool = True, embed_dim: int = 128, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -58,8 +59,11 @@ class BiEncoder(DualEncoderObjective):
         return self.encode_query(texts)
 
     def _loss(self, batch: dict[str, Any]) -> Tensor:
-        negatives = self.encode_document(batch["negatives"]) if batch.get("negatives") else None
-        return self.pair_loss(self.encode_query(batch["query"]), self.encode_document(batch["positive"]), negatives)
+        streams = [(self.encode_query, batch["query"]), (self.encode_document, batch["positive"])]
+        if batch.get("negatives"):
+            streams.append((self.encode_document, batch["negatives"]))
+        queries, documents, *negatives = self.grad_cache(self, streams)  # embedded with gradient caching
+        return self.pair_loss(queries, documents, negatives[0] if negatives else None)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss = self._loss(batch)

@@ -17,6 +17,7 @@ class SimCLR(ContrastiveObjective):
 
     objective_name = "simclr"
     consumes = "candidates"
+    supports_grad_cache = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -25,7 +26,7 @@ class SimCLR(ContrastiveObjective):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         x1, x2 = batch["views"][:2]
-        z1, z2 = self.project(x1), self.project(x2)
+        z1, z2 = self.grad_cache(self, [(self.project, x1), (self.project, x2)])  # = project(x1), project(x2)
         ids = {"ids": batch["index"]} if getattr(self.negatives, "needs_ids", False) else {}
         cands = self.negatives(z1, z2, batch.get("label"), **ids)
         loss = self.loss(cands.queries, cands.keys, **cands.loss_kwargs())
