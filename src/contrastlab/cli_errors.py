@@ -118,23 +118,41 @@ def report(message: str, stream: Any = None) -> None:
     (stream or sys.stderr).flush()
 
 
+def full_error_requested() -> bool:
+    """The user set ``HYDRA_FULL_ERROR`` (as opposed to :func:`run_main` setting it)."""
+    value = os.environ.get("HYDRA_FULL_ERROR", "")
+    return value not in ("", "0") and os.environ.get("CONTRASTLAB_HYDRA_FULL_ERROR") != "set-by-run_main"
+
+
+def exit_if_known(err: BaseException) -> None:
+    """Inside the task function: a known error -> its line on stderr and ``SystemExit`` (2 for bad
+    input, 1 for a known run failure), before Hydra adds its own "Error executing job" line."""
+    msg = None if full_error_requested() else message_for(err)
+    if msg is not None:
+        report(msg)
+        raise SystemExit(EXIT_FAILED if is_run_failure(err) else EXIT_BAD_INPUT) from None
+
+
 def run_main(hydra_main: Callable[[], Any]) -> Any:
     """Call a ``@hydra.main`` function; bad input -> one line on stderr and ``SystemExit(2)``; a known
     run failure (:data:`RUN_FAILURES`) -> one line and ``SystemExit(1)``.
 
     Hydra prints (and exits 1 on) its own errors unless ``HYDRA_FULL_ERROR`` is set, so it is set
     here for the call and the errors are reported by this function instead; a user who set it gets
-    the full traceback as before."""
-    user_full = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    the full traceback as before. Errors raised inside the task function are best reported there
+    (:func:`exit_if_known`)."""
+    user_full = full_error_requested()
+    if not user_full:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        os.environ["CONTRASTLAB_HYDRA_FULL_ERROR"] = "set-by-run_main"
     try:
         return hydra_main()
     except Exception as err:
-        msg = None if user_full else message_for(err)
-        if msg is None:
+        if user_full:
             raise
-        report(msg)
-        raise SystemExit(EXIT_FAILED if is_run_failure(err) else EXIT_BAD_INPUT) from None
+        exit_if_known(err)
+        raise
     finally:
         if not user_full:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+            os.environ.pop("CONTRASTLAB_HYDRA_FULL_ERROR", None)

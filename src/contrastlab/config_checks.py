@@ -17,16 +17,20 @@ class ConfigError(ValueError):
 
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first problem found."""
-    check_two_towers(cfg)  # first: a text-only dataset leaves image keys (${data.image_size}) unresolvable
-    loss = cfg.get("loss") or {}
-    if "temperature" in loss and loss.temperature is not None and float(loss.temperature) <= 0:
-        raise ConfigError(f"loss.temperature must be > 0, got {loss.temperature}; set e.g. loss.temperature=0.1.")
+    from contrastlab import config_values  # imports this module: loaded on first use
+
+    # light checks first (no torch / Lightning import; unresolvable keys are skipped, not reported)
+    config_values.check_values(cfg)  # required keys; numbers in range (loss.temperature > 0, ...)
     data = cfg.get("data") or {}
     if int(data.get("batch_size", 2)) < 2:
         raise ConfigError(
             f"data.batch_size={data.batch_size} leaves no in-batch negatives; set data.batch_size to at least 2."
         )
     check_data_dir(data)
+    config_values.check_tables(cfg)  # data.path / val_path tables exist, with the named columns
+    config_values.check_distributed(cfg)  # cross-rank gather needs data.drop_last=true
+    config_values.check_grad_cache(cfg)  # micro-batch divides the batch
+    check_two_towers(cfg)  # before check_negatives: a text-only dataset leaves image keys unresolvable
     check_negatives(cfg)
 
 
@@ -181,3 +185,4 @@ def check_two_towers(cfg: DictConfig) -> None:
                 raise ConfigError(
                     f"callbacks.{name} embeds images and data={dat} has none; set callbacks.{name}=null."
                 )
+

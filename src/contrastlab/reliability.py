@@ -77,6 +77,18 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+def _os_error_in(err: BaseException | None) -> OSError | None:
+    """The OSError behind ``err`` (itself, or in its cause/context chain: ``torch.save`` turns a failed
+    ``write`` into a RuntimeError), or None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` into ``.<name>.tmp-<pid>`` next to the target, ``fsync``, then ``os.replace``:
     a reader (or a resumed run) sees the old checkpoint or the new one, never half a file."""
@@ -95,8 +107,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, target)
         except BaseException as err:
             tmp.unlink(missing_ok=True)
-            if isinstance(err, OSError):
-                why = err.strerror or str(err)
+            os_error = _os_error_in(err)
+            if os_error is not None:
+                why = os_error.strerror or str(os_error)
                 raise CheckpointWriteError(
                     f"could not write checkpoint {target} ({why}); the previous checkpoint there is unchanged. "
                     "Free disk space or point callbacks.step_checkpoint.dirpath at another disk, then resume "

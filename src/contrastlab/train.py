@@ -104,6 +104,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         failed = False
     except Exception as err:
         if not sweeps.in_multirun():
+            cli_errors.exit_if_known(err)  # bad input: one line and exit status 2, no traceback
             raise
         from lightning.pytorch.utilities import rank_zero_only
 

@@ -17,14 +17,21 @@ from typing import Any
 
 import pandas as pd
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
+from contrastlab.data.image_files import ImageFileDataset, SkippedFiles
 from contrastlab.data.image_text import ImageTextDataModule, ImageTextSplit
+from contrastlab.data.on_disk import DataDirError
+
+
+class CaptionTableError(DataDirError):
+    """A caption table that cannot be used (missing, missing columns, listing missing images)."""
 
 
 def read_table(path: Path, fmt: str | None = None) -> pd.DataFrame:
     """``csv`` | ``tsv`` | ``jsonl`` (from the suffix unless ``fmt`` is given)."""
+    if not path.is_file():
+        raise CaptionTableError(f"data.path={path} does not exist; set data.path (and data.val_path) to your table.")
     fmt = fmt or {".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower(), "csv")
     if fmt == "jsonl":
         return pd.read_json(path, lines=True, dtype=False)
@@ -37,6 +44,9 @@ class ImageTextCSVDataModule(ImageTextDataModule):
     image_root: folder relative file paths start from (default: the table's folder).
     filepath_key, caption_key: column names. label_key: optional label column.
     format: ``csv`` | ``tsv`` | ``jsonl`` (default: from the suffix).
+    strict: an unreadable image stops the run (naming it) instead of being skipped with a warning; a
+        skipped image is replaced by the next readable one of its split, and the skips of each epoch are
+        counted in ``data/skipped_images``.
     """
 
     def __init__(
@@ -51,6 +61,7 @@ class ImageTextCSVDataModule(ImageTextDataModule):
         image_size: int = 64,
         templates: Sequence[str] = ("a photo of a {}.", "a picture of a {}."),
         class_names: Sequence[str] | None = None,
+        strict: bool = False,
         **kwargs: Any,
     ) -> None:
         if not path:
@@ -62,10 +73,19 @@ class ImageTextCSVDataModule(ImageTextDataModule):
         self.image_root = Path(image_root).expanduser() if image_root else self.path.parent
         self.filepath_key, self.caption_key, self.label_key, self.format = filepath_key, caption_key, label_key, format
         self.resize = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+        self.strict, self.skipped = strict, SkippedFiles()  # skips are reported by SkippedFilesReport
+        self._files: dict[str, tuple[ImageFileDataset, int]] = {}
 
-    def load_image(self, path: Path) -> Image.Image:
-        with Image.open(path) as img:
-            return img.convert("RGB" if self.channels == 3 else "L")
+    def _register(self, paths: list[Path]) -> None:
+        files = ImageFileDataset([(str(p), -1) for p in paths], None, self.channels, self.strict, self.skipped)
+        self._files.update({str(p): (files, i) for i, p in enumerate(paths)})
+
+    def load_image(self, path: Path) -> torch.Tensor:
+        """The image at ``path`` as uint8 (C, H, W); unreadable: see ``strict``."""
+        if str(path) not in self._files:
+            self._register([path])
+        files, i = self._files[str(path)]
+        return files[i][0]
 
     def prepare(self, img: torch.Tensor) -> torch.Tensor:
         """Shorter side to ``image_size``, then a centre crop."""
@@ -74,7 +94,7 @@ class ImageTextCSVDataModule(ImageTextDataModule):
     def _group(self, table: pd.DataFrame, source: Path) -> tuple[list[Path], list[list[str]], list[Any]]:
         for key in (self.filepath_key, self.caption_key) + ((self.label_key,) if self.label_key else ()):
             if key not in table.columns:
-                raise ValueError(
+                raise CaptionTableError(
                     f"{source} has no column '{key}' (columns: {list(table.columns)}); "
                     "set data.filepath_key / data.caption_key / data.label_key to its column names."
                 )
@@ -89,7 +109,7 @@ class ImageTextCSVDataModule(ImageTextDataModule):
         paths = [Path(fp) if Path(fp).is_absolute() else self.image_root / fp for fp in captions]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(
+            raise CaptionTableError(
                 f"{len(missing)} image(s) listed in {source} do not exist (first: {missing[0]}); "
                 "set data.image_root to the folder the file paths are relative to."
             )
@@ -129,4 +149,6 @@ class ImageTextCSVDataModule(ImageTextDataModule):
             self.load_image,
         )
         val = ImageTextSplit(v_paths, v_captions, labels[len(paths) :], self.load_image)
+        self._register(list(train.images))  # each split substitutes unreadable images from itself
+        self._register(list(val.images))
         return train, val
