@@ -65,6 +65,21 @@ def pairwise_distance(x: Tensor, y: Tensor, distance: str = "cosine") -> Tensor:
     return _safe_sqrt(sq.clamp_min(0.0))
 
 
+def rowwise_searchsorted(sorted_rows: Tensor, row: Tensor, values: Tensor, right: bool = False) -> Tensor:
+    """``searchsorted(sorted_rows[row[t]], values[t])`` for every entry ``t`` -> (P,) long.
+
+    ``sorted_rows`` (R, M) is sorted along dim 1; ``row`` (P,) is non-decreasing (the order of
+    ``nonzero``). The values are laid out as an (R, max entries per row) matrix padded with +inf, so
+    the work is one batched ``searchsorted`` of that size, not of (R, M)."""
+    if row.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=row.device)
+    counts = torch.bincount(row, minlength=sorted_rows.shape[0])
+    slot = torch.arange(row.numel(), device=row.device) - (counts.cumsum(0) - counts)[row]
+    padded = values.new_full((sorted_rows.shape[0], int(counts.max())), float("inf"))
+    padded[row, slot] = values
+    return torch.searchsorted(sorted_rows, padded, right=right)[row, slot]
+
+
 def _hinge(d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool) -> Tensor:
     if d_ap.numel() == 0:
         return d_ap.sum() + d_an.sum()  # no triplets: zero loss, graph still attached
@@ -128,13 +143,13 @@ def batch_all_triplet_margin(
             f"{tuple(positive_mask.shape)}, {tuple(negative_mask.shape)}"
         )
     inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
-    neg_sorted, _ = torch.where(negative_mask, dist, inf).sort(dim=1)
-    threshold = (dist + margin).detach()
-    count = torch.searchsorted(neg_sorted.detach(), threshold.contiguous(), right=False)  # s_j < d_ap + m
-    count = torch.where(positive_mask, count, torch.zeros_like(count))
+    neg_sorted = torch.where(negative_mask, dist, inf).sort(dim=1).values
+    a, p = torch.nonzero(positive_mask, as_tuple=True)
+    d_ap = dist[a, p]
+    count = rowwise_searchsorted(neg_sorted.detach(), a, (d_ap + margin).detach(), right=False)  # s_j < d_ap + m
     prefix = torch.where(torch.isinf(neg_sorted), torch.zeros_like(neg_sorted), neg_sorted).cumsum(1)
-    taken = prefix.gather(1, (count - 1).clamp_min(0))
-    per_pair = torch.where(count > 0, count.to(dist.dtype) * (dist + margin) - taken, torch.zeros_like(dist))
+    taken = prefix[a, (count - 1).clamp_min(0)]
+    per_pair = torch.where(count > 0, count.to(dist.dtype) * (d_ap + margin) - taken, torch.zeros_like(d_ap))
     active = count.sum()
     if int(active) == 0:
         return dist.sum() * 0.0

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastlab import distributed
-from contrastlab.losses.triplet import pairwise_distance
+from contrastlab.losses.triplet import pairwise_distance, rowwise_searchsorted
 
 STRATEGIES = ("batch_hard", "semi_hard", "batch_all")
 
@@ -146,20 +146,19 @@ def mine_from_distances(
             loss = d[a, p] - d[a, ng] + margin
         elif strategy == "semi_hard":
             neg_sorted, order = d_neg.sort(dim=1, stable=True)
-            first_farther = torch.searchsorted(neg_sorted, d.contiguous(), right=True)  # first s_j > d_ap
-            n_neg = neg.sum(1, keepdim=True)
-            farthest = torch.where(neg, d, -inf).argmax(1, keepdim=True).expand_as(d)
-            chosen = torch.where(
-                first_farther < n_neg, order.gather(1, first_farther.clamp_max(m - 1)), farthest
-            )
             a, p = torch.nonzero(pos & has_neg[:, None], as_tuple=True)
-            ng = chosen[a, p]
-            loss = d[a, p] - d[a, ng] + margin
+            d_ap = d[a, p]
+            first_farther = rowwise_searchsorted(neg_sorted, a, d_ap, right=True)  # first s_j > d_ap
+            farthest = torch.where(neg, d, -inf).argmax(1)
+            farther_exists = first_farther < neg.sum(1)[a]
+            ng = torch.where(farther_exists, order[a, first_farther.clamp_max(m - 1)], farthest[a])
+            loss = d_ap - d[a, ng] + margin
         else:  # batch_all: masks, counted with one sort per block
-            neg_sorted, _ = d_neg.sort(dim=1)
-            count = torch.searchsorted(neg_sorted, (d + margin).contiguous(), right=False)
+            neg_sorted = d_neg.sort(dim=1).values
+            a, p = torch.nonzero(pos, as_tuple=True)
+            count = rowwise_searchsorted(neg_sorted, a, d[a, p] + margin, right=False)  # s_j < d_ap + m
             num += (pos.sum(1) * neg.sum(1)).double().sum()
-            active += count[pos].double().sum()
+            active += count.double().sum()
             pos_masks.append(pos)
             neg_masks.append(neg)
             continue
