@@ -61,14 +61,10 @@ def test_metrics_match_loop_references(dtype: torch.dtype, tol: float) -> None:
     z2 = z1 + 0.3 * torch.randn(17, 5, generator=g, dtype=torch.float64)
     a, b = z1.numpy(), z2.numpy()
     for alpha in (1.0, 2.0):
-        assert alignment(z1.to(dtype), z2.to(dtype), alpha) == pytest.approx(
-            ref_alignment(a, b, alpha), abs=tol
-        )
+        assert alignment(z1.to(dtype), z2.to(dtype), alpha) == pytest.approx(ref_alignment(a, b, alpha), abs=tol)
     for t in (0.5, 2.0):
         assert uniformity(z1.to(dtype), t) == pytest.approx(ref_uniformity(a, t), abs=tol)
-    assert effective_rank(z1.to(dtype)) == pytest.approx(
-        ref_effective_rank(z1.to(dtype).numpy()), abs=tol * 10
-    )
+    assert effective_rank(z1.to(dtype)) == pytest.approx(ref_effective_rank(z1.to(dtype).numpy()), abs=tol * 10)
     assert dimension_std(z1.to(dtype)) == pytest.approx(ref_dim_std(a), abs=tol)
 
 
@@ -100,9 +96,7 @@ def test_effective_rank_closed_forms() -> None:
     assert effective_rank(torch.zeros(5, 3)) == 0.0
     # ties among singular values: two equal, one double -> exp(H(1/4, 1/4, 1/2))
     z = torch.diag(torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64))
-    assert effective_rank(z) == pytest.approx(
-        math.exp(-(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5))), abs=1e-9
-    )
+    assert effective_rank(z) == pytest.approx(math.exp(-(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5))), abs=1e-9)
 
 
 def test_uniformity_of_antipodal_points_and_bounds() -> None:
@@ -134,3 +128,20 @@ def test_bad_inputs() -> None:
         alignment(torch.zeros(3, 2), torch.zeros(4, 2))
     with pytest.raises(ValueError, match="at least 2"):
         uniformity(torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_augmented_pairs_are_distinct_reproducible_and_leave_the_rng_alone(batched: bool) -> None:
+    from contrastlab.data import BatchSimCLRAugment, DigitsDataModule, SimCLRAugment
+    from contrastlab.evaluation.pairs import augmented_pairs
+
+    aug = BatchSimCLRAugment(image_size=16, hflip_p=0.0) if batched else SimCLRAugment(image_size=16, hflip_p=0.0)
+    dm = DigitsDataModule(augment=aug, limit_samples=20)
+    state = torch.get_rng_state()
+    a, b = augmented_pairs(dm, n=6, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    c, d = augmented_pairs(dm, n=6, seed=1)
+    assert a.shape == b.shape == (6, 1, 16, 16)
+    assert torch.equal(a, c) and torch.equal(b, d)
+    assert not torch.equal(a, b)  # two different views of each image
+    assert augmented_pairs(DigitsDataModule(augment=None), n=6) is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from contrastlab.data.transforms import MultiView
+from contrastlab.data.transforms import MultiView, to_float_image
 
 
 def augmented_pairs(datamodule: object, n: int = 512, seed: int = 0) -> tuple[Tensor, Tensor] | None:
@@ -22,18 +22,19 @@ def augmented_pairs(datamodule: object, n: int = 512, seed: int = 0) -> tuple[Te
     base = getattr(datamodule, "val_base", None)
     if base is None:
         return None
-    views = MultiView(augment, 2, datamodule.normalize)  # type: ignore[attr-defined]
-    first, second = [], []
+    items = [base[i] for i in range(min(n, len(base)))]
+    if not all(isinstance(item, tuple | list) for item in items):
+        return None
+    images = [to_float_image(item[0]) for item in items]
+    normalize = datamodule.normalize  # type: ignore[attr-defined]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for i in range(min(n, len(base))):
-            item = base[i]
-            if not isinstance(item, tuple | list):
-                return None
-            v1, v2 = views(item[0])
-            first.append(v1)
-            second.append(v2)
-    return torch.stack(first), torch.stack(second)
+        if getattr(augment, "batched", False):  # e.g. BatchSimCLRAugment: whole batches at once
+            batch = torch.stack(images)
+            return normalize(augment(batch)), normalize(augment(batch))
+        views = MultiView(augment, 2, normalize)
+        pairs = [views(img) for img in images]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 @torch.no_grad()
