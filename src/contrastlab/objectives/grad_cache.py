@@ -140,14 +140,11 @@ class _CachedEmbeddings(torch.autograd.Function):
             if grad is None:  # this stream's rows did not reach the loss
                 continue
             for s, state in zip(slices, states, strict=True):
-                with (
-                    plan.replay_rng(state),
-                    _keep_batchnorm_statistics(ctx.module),
-                    torch.enable_grad(),
-                    plan.replay_autocast(),
-                ):
-                    out = fn(x[s])
-                part = torch.autograd.grad(out, params, grad[s].to(out.dtype), allow_unused=True)
+                # statistics restored after the gradient: BatchNorm's backward checks they are unchanged
+                with plan.replay_rng(state), _keep_batchnorm_statistics(ctx.module):
+                    with torch.enable_grad(), plan.replay_autocast():
+                        out = fn(x[s])
+                    part = torch.autograd.grad(out, params, grad[s].to(out.dtype), allow_unused=True)
                 for i, g in enumerate(part):
                     if g is not None:
                         total[i] = g if total[i] is None else total[i] + g  # type: ignore[operator]
