@@ -87,7 +87,7 @@ def bad_overrides(tmp: Path) -> list[tuple[list[str], str]]:
         (["data=cifar10", f"data.data_dir={tmp / 'nowhere'}"], "data.data_dir="),
         (["sampler=memory_bank", "sampler.size=100"], "sampler.size=100 is smaller than the 512 rows"),
         (
-            ["+objective.grad_cache.micro_batch_size=24", "data.batch_size=64"],
+            ["objective.grad_cache.micro_batch_size=24", "data.batch_size=64"],
             "objective.grad_cache.micro_batch_size=24 does not divide data.batch_size=64",
         ),
         (["objective=clip", "data=image_text_csv"], "data.path is required"),

@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from contrastlab.config_checks import ConfigError
+from contrastlab.objectives.base import CheckpointMismatchError
 
 RUN_KEY_FILE = "run_key"
 #: top-level keys that say where or how a run is logged or resumed, not what it trains
@@ -45,10 +46,6 @@ KEY_EXCLUDE = (
 TRAINER_EXCLUDE = ("max_epochs", "max_steps", "default_root_dir", "enable_progress_bar", "enable_model_summary")
 #: the resolved checkpoint of a DDP parent, for its child processes
 ENV_RESUME = "CONTRASTLAB_RESUME_FROM"
-
-
-class CheckpointMismatchError(ConfigError):
-    """A checkpoint written by another objective."""
 
 
 def run_key(cfg: DictConfig) -> str:

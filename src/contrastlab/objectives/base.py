@@ -13,6 +13,10 @@ from contrastlab.objectives.grad_cache import GradCache
 from contrastlab.objectives.optim import param_groups, scaled_lr
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint written by another objective (the message says which, and what to change)."""
+
+
 class ContrastiveObjective(L.LightningModule):
     """Base LightningModule.
 
@@ -114,3 +118,13 @@ class ContrastiveObjective(L.LightningModule):
     # --- checkpoints carry the config that built them -----------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["contrastlab"] = {"objective": self.objective_name, "config": self.run_config}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another objective (its weights would not fit, or fit wrongly)."""
+        trained = (checkpoint.get("contrastlab") or {}).get("objective")
+        if trained is not None and trained != self.objective_name:
+            raise CheckpointMismatchError(
+                f"the checkpoint was trained with objective={trained}, but this run is "
+                f"objective={self.objective_name}; pass a {self.objective_name} checkpoint, or set "
+                f"objective={trained} to continue it."
+            )
