@@ -32,6 +32,7 @@ def check_config(cfg: DictConfig) -> None:
     config_values.check_grad_cache(cfg)  # micro-batch divides the batch
     check_two_towers(cfg)  # before check_negatives: a text-only dataset leaves image keys unresolvable
     check_negatives(cfg)
+    check_sync_batchnorm(cfg)
 
 
 def check_data_dir(data: DictConfig | dict) -> None:
@@ -186,3 +187,17 @@ def check_two_towers(cfg: DictConfig) -> None:
                     f"callbacks.{name} embeds images and data={dat} has none; set callbacks.{name}=null."
                 )
 
+
+def check_sync_batchnorm(cfg: DictConfig) -> None:
+    """``trainer.sync_batchnorm=true`` under DDP turns every BatchNorm into torch's SyncBatchNorm,
+    which has no CPU implementation (it fails in the first training step on CPU tensors)."""
+    trainer = cfg.get("trainer") or {}
+    if not bool(trainer.get("sync_batchnorm", False)) or str(trainer.get("accelerator", "")) != "cpu":
+        return
+    strategy = trainer.get("strategy")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "")
+    if _world(trainer) > 1 or "ddp" in target.lower():
+        raise ConfigError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); "
+            "set trainer.sync_batchnorm=false on CPU (or trainer=ddp on GPUs)."
+        )
