@@ -55,14 +55,10 @@ class EmbeddingFolder:
     @classmethod
     def load(cls, folder: str | Path | None) -> EmbeddingFolder:
         if folder in (None, ""):
-            raise ConfigError(
-                "index= is required: a folder written by contrastlab-embed (it holds embeddings.npy)"
-            )
+            raise ConfigError("index= is required: a folder written by contrastlab-embed (it holds embeddings.npy)")
         root = Path(str(folder)).expanduser()
         if not (root / "embeddings.npy").is_file() or not (root / "meta.json").is_file():
-            raise ConfigError(
-                f"index={folder} has no embeddings.npy/meta.json; write it with contrastlab-embed first"
-            )
+            raise ConfigError(f"index={folder} has no embeddings.npy/meta.json; write it with contrastlab-embed first")
         opt = lambda name: root / name if (root / name).exists() else None  # noqa: E731
         out = cls(
             root,
@@ -159,9 +155,7 @@ def embed_query(folder: EmbeddingFolder, kind: str, value: Any, cfg: DictConfig)
     """The (1, D) query: a row of the folder, or an image/text embedded with the folder's checkpoint."""
     if kind == "row":
         if not 0 <= value < len(folder.embeddings):
-            raise ConfigError(
-                f"query=idx:{value} is out of range; the index has rows 0..{len(folder.embeddings) - 1}"
-            )
+            raise ConfigError(f"query=idx:{value} is out of range; the index has rows 0..{len(folder.embeddings) - 1}")
         return folder.embeddings[value : value + 1]
     ckpt = load_checkpoint(
         folder.meta["checkpoint"], data=folder.meta.get("data"), device=cfg.device, trust=cfg.trust_checkpoint
@@ -188,6 +182,11 @@ def embed_query(folder: EmbeddingFolder, kind: str, value: Any, cfg: DictConfig)
 def choose_target(folder: EmbeddingFolder, kind: str, target: str) -> str:
     if target not in ("auto", "image", "text"):
         raise ConfigError(f"target must be auto, image or text, got {target}")
+    if kind == "text" and folder.text_embeddings is None and folder.meta.get("space") != "shared":
+        raise ConfigError(
+            f"a text query needs an image-text checkpoint (objective=clip), but index={folder.root} holds "
+            f"{folder.meta.get('objective')} image embeddings; query=idx:<row> or an image path works here"
+        )
     if target == "auto":
         target = "text" if kind == "text" and folder.text_embeddings is not None else "image"
     if target == "text" and folder.text_embeddings is None:
@@ -267,9 +266,7 @@ def print_results(out: dict[str, Any], console: Console | None = None) -> None:
         table.add_row(*(f"{r[c]:.4f}" if c == "score" else str(r.get(c, "")) for c in cols + extra))
     console.print(table)
     if out["matches"] is not None:
-        console.print(
-            f"{out['matches']}/{len(out['results'])} neighbours share the query's label {out['query_label']}"
-        )
+        console.print(f"{out['matches']}/{len(out['results'])} neighbours share the query's label {out['query_label']}")
 
 
 @hydra.main(version_base="1.3", config_path=build.CONF_DIR, config_name="search")
