@@ -149,6 +149,14 @@ class ResumableLoader(DataLoader):
             return self.sampler
         return SeededBatches(self.batch_sampler, self.order)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Empty: the position is :class:`DataOrder`'s checkpoint state. (The method tells Lightning
+        that this loader resumes mid-epoch.)"""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore here (see :meth:`state_dict`)."""
+
 
 def resumable(loader: Any, order: DataOrder) -> Any:
     """``loader`` rebuilt as a :class:`ResumableLoader` (anything else is returned unchanged)."""
