@@ -20,6 +20,8 @@ def test_every_sampler_trains_the_triplet_objective(tmp_path):
         "objective=triplet",
         f"sampler={','.join(TRIPLET_SAMPLERS)}",
         "debug=fast",
+        "data.limit_samples=256",
+        "trainer.limit_train_batches=2",
         "logger=csv",
         "print_config=false",
         f"hydra.sweep.dir={sweep}",

@@ -17,6 +17,7 @@ The datamodule then serves each item's mined negatives (:class:`MinedNegativesDa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,6 +31,7 @@ from contrastlab.negatives.miners import TripletCandidates, TripletMiner
 
 
 def _index(dim: int, use_gpu: bool) -> Any:
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # not its CPU-feature probing
     import faiss  # imported when mining, not with the package
 
     index = faiss.IndexFlatIP(dim)
