@@ -123,6 +123,10 @@ def test_eval_refuses_bad_checkpoints_clearly(run: Run, tmp_path: Path) -> None:
     # an in-process kNN-only evaluation gives the logged number too
     report = run_eval(eval_cfg(ckpt_path=str(last_ckpt(run)), output_dir=str(tmp_path / "knn")))
     assert abs(report["metrics"]["val/knn_top1"] - run.metrics["val/knn_top1"]) <= 1e-6
+    # random_init=true rebuilds the run's initial weights (the run's seed): its kNN is the logged baseline
+    init = run_eval(eval_cfg(ckpt_path=str(last_ckpt(run)), output_dir=str(tmp_path / "knn"), random_init=True))
+    assert abs(init["metrics"]["val/knn_top1"] - run.metrics["val/knn_top1_init"]) <= 1e-6
+    assert init["random_init"] and (tmp_path / "knn" / "eval_random_init.json").is_file()
 
 
 def test_embed_and_search(run: Run, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -91,6 +92,8 @@ def load_checkpoint(
     num_workers: int | None = None,
     device: str | torch.device | None = "auto",
     trust: bool = False,
+    random_init: bool = False,
+    init_seed: int | None = None,
 ) -> LoadedCheckpoint:
     """Rebuild the objective and datamodule of ``path`` and restore the weights.
 
@@ -100,6 +103,10 @@ def load_checkpoint(
         batch_size, num_workers: evaluation loader settings (results do not depend on them).
         device: ``auto``, ``cpu``, ``cuda:0``, ...
         trust: allow pickled objects (``torch.load(weights_only=False)``).
+        random_init: keep the freshly built weights instead of the checkpoint's: the same architecture
+            at initialisation, the baseline of every metric. They are drawn as ``contrastlab-train``
+            draws them (``seed_everything(init_seed)``, then datamodule, then objective), so with the
+            run's seed (``init_seed=None``) they are the run's initial weights.
     """
     ckpt = read_checkpoint(path, trust)
     meta = ckpt["contrastlab"]
@@ -120,10 +127,13 @@ def load_checkpoint(
         cfg.data.batch_size = int(batch_size)
     if num_workers is not None:
         cfg.data.num_workers = int(num_workers)
+    if random_init:
+        L.seed_everything(int(cfg.get("seed", 0) if init_seed is None else init_seed), workers=True, verbose=False)
     datamodule = build.build_datamodule(cfg)
     model = build.build_objective(cfg)
-    model.on_load_checkpoint(ckpt)
-    model.load_state_dict(ckpt["state_dict"])
+    if not random_init:
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(ckpt["state_dict"])
     dm_state = ckpt.get(type(datamodule).__qualname__)
     if dm_state:
         datamodule.load_state_dict(dm_state)

@@ -47,15 +47,15 @@ def _knn_setting(run_cfg: DictConfig, key: str, given: Any, default: float) -> A
     return knn.get(key, default) if knn is not None else default
 
 
-def evaluate(ckpt: LoadedCheckpoint, eval_cfg: DictConfig, output_dir: Path, seed: int = 0) -> dict[str, Any]:
+def evaluate(
+    ckpt: LoadedCheckpoint, eval_cfg: DictConfig, output_dir: Path, seed: int = 0, suffix: str = ""
+) -> dict[str, Any]:
     """Run the selected sections; returns ``{"metrics", "plots", "skipped", "timings_s"}`` dicts."""
     model, dm, device = ckpt.model, ckpt.datamodule, next(ckpt.model.parameters()).device
     selected = [s for s in SECTIONS if s in eval_cfg]
     unknown = set(eval_cfg) - set(SECTIONS)
     if unknown:
-        raise ConfigError(
-            f"unknown eval section(s) {sorted(unknown)}; choose from eval=[{','.join(SECTIONS)}]"
-        )
+        raise ConfigError(f"unknown eval section(s) {sorted(unknown)}; choose from eval=[{','.join(SECTIONS)}]")
     metrics: dict[str, float] = {}
     skipped: dict[str, str] = {}
     plots: dict[str, str] = {}
@@ -111,9 +111,7 @@ def evaluate(ckpt: LoadedCheckpoint, eval_cfg: DictConfig, output_dir: Path, see
         lap("linear_probe")
     if run("clustering"):
         c = eval_cfg.clustering
-        metrics.update(
-            {f"val/{k}": v for k, v in clustering_metrics(va_x, va_y, c.n_clusters, c.n_init, seed).items()}
-        )
+        metrics.update({f"val/{k}": v for k, v in clustering_metrics(va_x, va_y, c.n_clusters, c.n_init, seed).items()})
         lap("clustering")
     if run("retrieval"):
         c = eval_cfg.retrieval
@@ -144,7 +142,7 @@ def evaluate(ckpt: LoadedCheckpoint, eval_cfg: DictConfig, output_dir: Path, see
             ckpt.objective,
             run_overrides(ckpt.run_dir),
             metrics.get("val/knn_top1"),
-            f"step {ckpt.global_step}",
+            "random init" if suffix else f"step {ckpt.global_step}",
         )
         paths = save_embedding_plots(
             va_x,
@@ -152,6 +150,7 @@ def evaluate(ckpt: LoadedCheckpoint, eval_cfg: DictConfig, output_dir: Path, see
             output_dir,
             tuple(c.methods),
             title,
+            suffix,
             max_points=c.max_points,
             seed=seed,
             umap_epochs=c.umap_epochs,
@@ -162,17 +161,18 @@ def evaluate(ckpt: LoadedCheckpoint, eval_cfg: DictConfig, output_dir: Path, see
     return {"metrics": metrics, "plots": plots, "skipped": skipped, "timings_s": timings}
 
 
-def log_to_logger(cfg: DictConfig, ckpt: LoadedCheckpoint, result: dict[str, Any]) -> None:
-    """Log the results with ``cfg.logger`` into the checkpoint's run directory (W&B: the same run)."""
+def log_to_logger(cfg: DictConfig, ckpt: LoadedCheckpoint, result: dict[str, Any], prefix: str = "eval") -> None:
+    """Log the results as ``<prefix>/<name>`` with ``cfg.logger`` into the checkpoint's run directory
+    (W&B: the checkpoint's own run, resumed by the id saved in the run directory)."""
     extra = {"save_dir": str(ckpt.run_dir)}
     if "job_type" in cfg.logger:
         extra["job_type"] = "eval"
     logger = instantiate(cfg.logger, **extra)
-    named = {"eval/" + k.removeprefix("val/"): v for k, v in result["metrics"].items()}
+    named = {f"{prefix}/" + k.removeprefix("val/"): v for k, v in result["metrics"].items()}
     logger.log_metrics(named, step=ckpt.global_step)
     if hasattr(logger, "log_image"):
         for method, path in result["plots"].items():
-            logger.log_image(key=f"eval/{method}", images=[path], step=ckpt.global_step)
+            logger.log_image(key=f"{prefix}/{method}", images=[path], step=ckpt.global_step)
     if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
         logger.experiment.summary.update(named)
     logger.finalize("success")
@@ -189,30 +189,35 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         num_workers=cfg.num_workers,
         device=cfg.device,
         trust=cfg.trust_checkpoint,
+        random_init=cfg.get("random_init", False),
+        init_seed=cfg.get("init_seed"),
     )
+    random_init = bool(cfg.get("random_init", False))
+    suffix = "_random_init" if random_init else ""
     out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.path.resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
     eval_cfg = cfg.get("eval") or OmegaConf.create({})
-    result = evaluate(ckpt, eval_cfg, out_dir, cfg.seed)
+    result = evaluate(ckpt, eval_cfg, out_dir, cfg.seed, suffix)
     report = {
         "checkpoint": str(ckpt.path.resolve()),
         "objective": ckpt.objective,
-        "global_step": ckpt.global_step,
-        "epoch": int(ckpt.raw.get("epoch", 0)),
+        "global_step": 0 if random_init else ckpt.global_step,
+        "epoch": 0 if random_init else int(ckpt.raw.get("epoch", 0)),
+        "random_init": random_init,
         **result,
         "wall_s": time.time() - start,
     }
-    (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    runs.print_metrics(
-        result["metrics"], title=f"contrastlab-eval: {ckpt.objective} @ step {ckpt.global_step}"
-    )
+    out = out_dir / f"eval{suffix}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    at = "random init" if random_init else f"step {ckpt.global_step}"
+    runs.print_metrics(result["metrics"], title=f"contrastlab-eval: {ckpt.objective} @ {at}")
     for section, why in result["skipped"].items():
         print(f"skipped {section}: {why}")
     for method, path in result["plots"].items():
         print(f"{method} plot: {path}")
-    print(f"eval.json: {out_dir / 'eval.json'}")
+    print(f"{out.name}: {out}")
     if cfg.get("logger"):
-        log_to_logger(cfg, ckpt, result)
+        log_to_logger(cfg, ckpt, result, prefix="eval_random_init" if random_init else "eval")
     return report
 
 
