@@ -97,8 +97,9 @@ def target_masks(
 
 
 def _row_blocks(n: int, m: int, budget: int | None) -> int:
-    """Rows per block so a block's (rows, M) work tensors stay within ``budget`` elements (default N*M/4)."""
-    budget = budget if budget is not None else max(1, n * m // 4)
+    """Rows per block so a block's (rows, M) work tensors stay within ``budget`` elements (default
+    N*M/4, and at least 2^22: a training batch of up to 2,048 rows is one block)."""
+    budget = budget if budget is not None else max(n * m // 4, 1 << 22)
     return max(1, min(n, budget // max(1, m)))
 
 
