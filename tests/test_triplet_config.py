@@ -22,7 +22,10 @@ def checked(*overrides: str) -> None:
     with initialize_config_dir(build.CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)  # so messages name the options as typed
-        check_config(cfg)
+        try:
+            check_config(cfg)
+        finally:
+            HydraConfig.instance().cfg = None  # leave no global state to other tests
 
 
 @pytest.mark.parametrize(
