@@ -25,9 +25,11 @@ setup: $(STAMP)
 train: setup
 	$(BIN)/contrastlab-train $(ARGS)
 
+# two workers (one per core), one thread each; a file's tests stay on one worker (shared trained fixtures)
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=20
 test: setup
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/pytest tests $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/pytest tests $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

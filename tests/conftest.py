@@ -35,6 +35,8 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
         "PYTHONUNBUFFERED": "1",
+        # tiny models: a second intra-op thread only adds contention (tests run in parallel workers)
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
 
 
