@@ -47,22 +47,18 @@ def text_encoder_of(model: Any) -> Callable[[list[str]], Tensor] | None:
     return getattr(model, "encode_text", None) or getattr(model, "embed_text", None)
 
 
-def image_encoder_of(model: Any, space: str) -> Callable[[Tensor], Tensor]:
-    """``model.embed`` (``encoder``) or ``model.encode_image`` (``shared``; ``auto`` for two-tower models)."""
+def image_encoder_of(model: Any, space: str) -> tuple[Callable[[Tensor], Tensor], str]:
+    """``(model.embed, "encoder")`` or ``(model.encode_image, "shared")``; ``auto`` picks shared for
+    two-tower (image-text) models."""
     if space not in ("auto", "encoder", "shared"):
         raise ConfigError(f"space must be auto, encoder or shared, got {space}")
     shared = getattr(model, "encode_image", None)
-    if space == "shared" and (shared is None or text_encoder_of(model) is None):
-        raise ConfigError(
-            "space=shared needs an image-text checkpoint (e.g. objective=clip); use space=encoder"
-        )
-    if space == "shared" or (space == "auto" and shared is not None and text_encoder_of(model) is not None):
-        return shared  # type: ignore[return-value]
-    return model.embed
-
-
-def resolve_space(model: Any, space: str) -> str:
-    return "shared" if image_encoder_of(model, space) is getattr(model, "encode_image", None) else "encoder"
+    two_tower = shared is not None and text_encoder_of(model) is not None
+    if space == "shared" and not two_tower:
+        raise ConfigError("space=shared needs an image-text checkpoint (e.g. objective=clip); use space=encoder")
+    if space == "shared" or (space == "auto" and two_tower):
+        return shared, "shared"  # type: ignore[return-value]
+    return model.embed, "encoder"
 
 
 def image_loader(datamodule: Any, split: str) -> DataLoader:
@@ -155,7 +151,7 @@ def export_embeddings(
         raise ConfigError(f"split must be train, val or all, got {split}")
     model, dm = ckpt.model, ckpt.datamodule
     device = next(model.parameters()).device
-    image_fn = image_encoder_of(model, space)
+    image_fn, space_name = image_encoder_of(model, space)
     text_fn = text_encoder_of(model)
     chosen = list(SPLITS) if split == "all" else [split]
     feats, ids, labels, names, paths, captions, caption_rows = [], [], [], [], [], [], []
@@ -201,7 +197,7 @@ def export_embeddings(
         "checkpoint": str(ckpt.path.resolve()),
         "objective": ckpt.objective,
         "global_step": ckpt.global_step,
-        "space": resolve_space(model, space),
+        "space": space_name,
         "split": split,
         "rows": {s: names.count(s) for s in chosen},
         "dim": int(emb.shape[1]),

@@ -168,7 +168,7 @@ def embed_query(folder: EmbeddingFolder, kind: str, value: Any, cfg: DictConfig)
             with Image.open(value) as img:
                 pixels = to_float_image(img.convert("L" if int(getattr(dm, "channels", 3)) == 1 else "RGB"))
             x = dm.eval_transform(pixels)[None].to(next(model.parameters()).device)
-            fn = image_encoder_of(model, folder.meta.get("space", "encoder"))
+            fn, _ = image_encoder_of(model, folder.meta.get("space", "encoder"))
             return fn(x).float().cpu().numpy()
         text_fn = text_encoder_of(model)
         if text_fn is None:
