@@ -58,6 +58,10 @@ class BiEncoder(DualEncoderObjective):
         """The query embedding (what a search index is queried with)."""
         return self.encode_query(texts)
 
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """Text search entry point (``contrastlab-search``): the query tower."""
+        return self.encode_query(texts)
+
     def _loss(self, batch: dict[str, Any]) -> Tensor:
         streams = [(self.encode_query, batch["query"]), (self.encode_document, batch["positive"])]
         if batch.get("negatives"):
