@@ -132,8 +132,10 @@ class ContrastiveDataModule(L.LightningDataModule):
         if wrap is not None:
             ds = wrap(ds)
         if self.batch_sampler is not None:
-            sampler = self.batch_sampler(labels=self.train_labels(), batch_size=self.batch_size, drop_last=self.drop_last)
-            return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+            labels = self.train_labels()
+            sampler = self.batch_sampler(labels=labels, batch_size=self.batch_size, drop_last=self.drop_last)
+            workers = self.num_workers
+            return DataLoader(ds, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
         return self._loader(ds, shuffle=True, drop_last=self.drop_last)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
