@@ -13,6 +13,7 @@ happens once per machine; later processes load the compiled code.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 METHODS = ("umap", "tsne", "pca")
+NAMES = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}
 
 
 def import_umap() -> Any:
@@ -84,7 +86,9 @@ def project_2d(
             random_state=seed,
             init="random",
         )
-        return np.asarray(reducer.fit_transform(x), dtype=np.float32)
+        with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": we want reproducible
+            warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+            return np.asarray(reducer.fit_transform(x), dtype=np.float32)
     if method == "tsne":
         from sklearn.manifold import TSNE
 
@@ -161,8 +165,8 @@ def plot_projection(
     ax.set_xticks([])
     ax.set_yticks([])
     if method:
-        ax.set_xlabel(f"{method.upper()} 1")
-        ax.set_ylabel(f"{method.upper()} 2")
+        ax.set_xlabel(f"{NAMES.get(method, method)} 1")
+        ax.set_ylabel(f"{NAMES.get(method, method)} 2")
     ax.set_title(title, fontsize=8, wrap=True)
     fig.tight_layout()
     path = Path(path)
@@ -194,7 +198,7 @@ def save_embedding_plots(
         if method not in METHODS:
             raise ValueError(f"unknown projection method {method!r}; choose from {', '.join(METHODS)}")
         points = project_2d(feats, method, seed=seed, **projection_kwargs)  # type: ignore[arg-type]
-        head = f"{method.upper()} of {len(feats)} embeddings"
+        head = f"{NAMES[method]} of {len(feats)} validation embeddings"
         paths[method] = plot_projection(
             points,
             labs,
