@@ -27,9 +27,7 @@ def test_logistic_regression_matches_sklearn(weight_decay: float) -> None:
     x[y == 1] += 1.0
     x[y == 2, 0] -= 1.5
     w, b = fit_logistic_regression(x, y, 3, weight_decay, max_iter=2000, tolerance=1e-10)
-    sk = LogisticRegression(C=1 / (weight_decay * len(y)), tol=1e-12, max_iter=20000).fit(
-        x.numpy(), y.numpy()
-    )
+    sk = LogisticRegression(C=1 / (weight_decay * len(y)), tol=1e-12, max_iter=20000).fit(x.numpy(), y.numpy())
     ours = torch.softmax(x @ w.T + b, 1).numpy()
     np.testing.assert_allclose(ours, sk.predict_proba(x.numpy()), atol=1e-5)
     # the softmax is shift-invariant over classes: compare centred weights
@@ -116,9 +114,7 @@ def test_cluster_scores_invariant_to_renaming_and_perfect() -> None:
 
 
 def test_kmeans_recovers_separated_clusters_and_collapse_scores_zero() -> None:
-    x, y = make_blobs(
-        n_samples=120, centers=[[5, 0, 0], [0, 5, 0], [0, 0, 5]], cluster_std=0.3, random_state=0
-    )
+    x, y = make_blobs(n_samples=120, centers=[[5, 0, 0], [0, 5, 0], [0, 0, 5]], cluster_std=0.3, random_state=0)
     x, y = torch.tensor(x), torch.tensor(y)
     y[:3] = -1  # unlabelled rows are left out
     assert clustering_metrics(x, y) == {"nmi": pytest.approx(1.0), "ari": pytest.approx(1.0)}

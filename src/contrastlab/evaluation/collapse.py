@@ -76,9 +76,7 @@ class CollapseMonitor(L.Callback):
             raise ValueError(f"callbacks.collapse.fraction must be in (0, 1), got {fraction}")
         unknown = set(watch) - {"effective_rank", "dim_std"}
         if unknown:
-            raise ValueError(
-                f"callbacks.collapse.watch: unknown {sorted(unknown)}; use effective_rank, dim_std"
-            )
+            raise ValueError(f"callbacks.collapse.watch: unknown {sorted(unknown)}; use effective_rank, dim_std")
         if reference not in ("initial", "best"):
             raise ValueError(f"callbacks.collapse.reference must be initial or best, got {reference}")
         self.fraction, self.watch, self.reference, self.stop = fraction, tuple(watch), reference, stop

@@ -75,9 +75,7 @@ class EmbeddingPlotCallback(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.skip and trainer.is_global_zero and stage == "fit":
-            rank_zero_info(
-                "embedding_plot: skipped in debug runs; callbacks.embedding_plot.in_debug=true draws"
-            )
+            rank_zero_info("embedding_plot: skipped in debug runs; callbacks.embedding_plot.in_debug=true draws")
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str = "") -> dict[str, Path]:
         dm: Any = trainer.datamodule  # type: ignore[attr-defined]

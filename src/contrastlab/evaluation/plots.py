@@ -71,9 +71,7 @@ def project_2d(
 ) -> np.ndarray:
     """(N, D) -> (N, 2) float32 with ``method`` in ``umap`` | ``tsne`` | ``pca``, on L2-normalised features
     (UMAP and t-SNE with the cosine geometry the metrics use)."""
-    x = torch.nn.functional.normalize(
-        torch.as_tensor(np.asarray(features), dtype=torch.float32), dim=1
-    ).numpy()
+    x = torch.nn.functional.normalize(torch.as_tensor(np.asarray(features), dtype=torch.float32), dim=1).numpy()
     n = x.shape[0]
     if n < 3:
         raise ValueError(f"need at least 3 points for a 2-D projection, got {n}")
@@ -104,9 +102,7 @@ def project_2d(
         from sklearn.decomposition import PCA
 
         return np.asarray(PCA(2, random_state=seed).fit_transform(x), dtype=np.float32)
-    raise ValueError(
-        f"unknown projection method {method!r}; choose from {', '.join(METHODS)} (plots.methods)"
-    )
+    raise ValueError(f"unknown projection method {method!r}; choose from {', '.join(METHODS)} (plots.methods)")
 
 
 def plot_title(
@@ -116,11 +112,7 @@ def plot_title(
     extra: str = "",
 ) -> str:
     """``"simclr | loss.temperature=0.2 | kNN top-1 0.971"``: the run's key overrides and kNN accuracy."""
-    keep = [
-        o
-        for o in overrides
-        if not o.lstrip("+~").startswith(("hydra.", "print_config", "paths.", "ckpt_path"))
-    ]
+    keep = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "print_config", "paths.", "ckpt_path"))]
     parts = [p for p in (objective, ", ".join(keep) or "defaults") if p]
     if knn_top1 is not None:
         parts.append(f"kNN top-1 {knn_top1:.3f}")
@@ -150,18 +142,14 @@ def plot_projection(
     else:
         labels = np.asarray(labels)
         classes = np.unique(labels)
-        palette = matplotlib.colormaps[
-            "tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "turbo"
-        ]
+        palette = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "turbo"]
         for i, c in enumerate(classes):
             m = labels == c
             colour = palette(i if len(classes) <= 20 else i / max(len(classes) - 1, 1))
             name = str(c) if class_names is None or c < 0 or c >= len(class_names) else class_names[int(c)]
             ax.scatter(points[m, 0], points[m, 1], s=6, color=colour, alpha=0.85, linewidths=0, label=name)
         if len(classes) <= 20:
-            ax.legend(
-                markerscale=3, fontsize=7, loc="best", frameon=False, ncol=2 if len(classes) > 10 else 1
-            )
+            ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False, ncol=2 if len(classes) > 10 else 1)
     ax.set_xticks([])
     ax.set_yticks([])
     if method:

@@ -81,9 +81,7 @@ def retrieval_metrics(
         precision_at_i = rel.cumsum(1) / ranks
         ap_sum += float(((precision_at_i * rel * within_r).sum(1) / r).sum())
     if used == 0:
-        raise ValueError(
-            "no query has a relevant gallery item (are the labels all -1, or every label unique?)"
-        )
+        raise ValueError("no query has a relevant gallery item (are the labels all -1, or every label unique?)")
     out = {"precision@1": top1 / used}
     out.update({f"recall@{k}": hits[k] / used for k in ks})
     out["map@r"] = ap_sum / used
