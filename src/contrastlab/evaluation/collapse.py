@@ -85,7 +85,8 @@ class CollapseMonitor(L.Callback):
         self.collapsed = False
 
     def _enabled(self, trainer: L.Trainer) -> bool:
-        return getattr(trainer, "datamodule", None) is not None and not trainer.sanity_checking
+        dm = getattr(trainer, "datamodule", None)  # text-only data (no images to embed): nothing to measure
+        return dm is not None and getattr(dm, "has_images", True) and not trainer.sanity_checking
 
     def measure(self, pl_module: L.LightningModule, datamodule: Any) -> dict[str, float]:
         return measure_health(pl_module, datamodule, self.max_samples, self.alignment_pairs, self.seed)

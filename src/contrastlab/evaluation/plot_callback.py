@@ -71,7 +71,8 @@ class EmbeddingPlotCallback(L.Callback):
 
     def _active(self, trainer: L.Trainer) -> bool:
         dm = getattr(trainer, "datamodule", None)
-        return bool(self.methods) and not self.skip and dm is not None and trainer.is_global_zero
+        has_images = dm is not None and getattr(dm, "has_images", True)
+        return bool(self.methods) and not self.skip and has_images and trainer.is_global_zero
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.skip and trainer.is_global_zero and stage == "fit":
