@@ -97,3 +97,44 @@ def test_clip_embeddings_with_captions_and_text_queries(clip_ckpt: Path, tmp_pat
     assert run_embed(embed_cfg(clip_ckpt, enc, space="encoder"))["space"] == "encoder"
     with pytest.raises(ConfigError, match="space=shared"):
         search(search_cfg(enc, query=query, target="image"))
+
+
+@pytest.fixture(scope="module")
+def biencoder_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A text bi-encoder checkpoint (shared tower) at initialisation, on the demo text pairs."""
+    tmp = tmp_path_factory.mktemp("bienc")
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["experiment=biencoder_text_pairs", "debug=fast", "callbacks=none", "logger=csv"]
+            + ["task_name=bienc", f"paths.output_dir={tmp}"],
+        )
+    torch.manual_seed(0)
+    dm, model = build.build_datamodule(cfg), build.build_objective(cfg)
+    model.prepare_text(dm)
+    path = tmp / "last.ckpt"
+    config = OmegaConf.to_container(cfg, resolve=True)
+    meta = {"objective": "biencoder", "config": config}
+    torch.save({"state_dict": model.state_dict(), "global_step": 0, "contrastlab": meta}, path)
+    return path
+
+
+def test_text_documents_of_a_biencoder(biencoder_ckpt: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    meta = run_embed(embed_cfg(biencoder_ckpt, folder))
+    texts = json.loads((folder / "texts.json").read_text())
+    emb, labels = np.load(folder / "embeddings.npy"), np.load(folder / "labels.npy")
+    assert meta["space"] == "text" and emb.shape == (len(texts), meta["dim"]) and len(labels) == len(texts)
+    assert (labels >= -1).all() and (labels >= 0).any()  # positives answer a query row, negatives are -1
+    # shared tower: a (unique) document as the query finds itself first (cosine 1); brute force ranks the rest
+    i = next(j for j, t in enumerate(texts) if texts.count(t) == 1)
+    out = search(search_cfg(folder, query=texts[i], k=4))
+    assert out["results"][0]["text"] == texts[i] and out["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    sims = unit @ unit[i]  # (duplicate documents tie exactly, so compare scores, not the order among ties)
+    np.testing.assert_allclose([r["score"] for r in out["results"]], np.sort(sims)[::-1][:4], atol=1e-5)
+    np.testing.assert_allclose(
+        [sims[r["row"]] for r in out["results"]], [r["score"] for r in out["results"]], atol=1e-5
+    )
+    with pytest.raises(ConfigError, match="holds text documents"):
+        search(search_cfg(folder, query=texts[i], target="text"))

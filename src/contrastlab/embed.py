@@ -13,6 +13,9 @@ Writes into ``output_dir`` (default ``<run>/embeddings/<split>``):
   text tower, ``text_embeddings.npy`` (one row per caption, in the shared space);
 * ``meta.json``: the checkpoint, objective, embedding space, data config and row counts.
 
+For text-pair data (a text bi-encoder) the rows are the documents instead (``texts.json``; ``labels.npy``:
+the query each answers, -1 for hard negatives), embedded with the document tower (``space`` ``text``).
+
 ``space=encoder`` is the encoder output (``model.embed``, what kNN and the probes use);
 ``space=shared`` the image tower's output in the image–text space (``model.encode_image``, CLIP), so
 text queries can be compared with images. ``auto``: shared when the model has a text tower.
@@ -150,6 +153,8 @@ def export_embeddings(
     if split not in (*SPLITS, "all"):
         raise ConfigError(f"split must be train, val or all, got {split}")
     model, dm = ckpt.model, ckpt.datamodule
+    if not getattr(dm, "has_images", True):
+        return export_documents(ckpt, split, out_dir, show_progress)
     device = next(model.parameters()).device
     image_fn, space_name = image_encoder_of(model, space)
     text_fn = text_encoder_of(model)
@@ -204,6 +209,63 @@ def export_embeddings(
         "count": int(emb.shape[0]),
         "data": OmegaConf.to_container(ckpt.config.data, resolve=True),
         "files": files,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def split_documents(datamodule: Any, split: str) -> tuple[list[str], list[int]]:
+    """Text-pair data: the documents of ``split`` (positives, then hard negatives) and the query row each
+    answers (-1 for a negative)."""
+    if split == "val" and hasattr(datamodule, "val_documents"):
+        docs, owner = datamodule.val_documents()
+        return list(docs), [int(o) for o in owner]
+    rows = getattr(datamodule, "train_rows" if split == "train" else "val_rows", None)
+    if rows is None:
+        raise ConfigError("this data has neither images nor documents to embed; choose another data=<name>")
+    docs, owner = [r["positive"] for r in rows], list(range(len(rows)))
+    for r in rows:
+        docs += list(r.get("negatives", []))
+        owner += [-1] * len(r.get("negatives", []))
+    return docs, owner
+
+
+def export_documents(ckpt: LoadedCheckpoint, split: str, out_dir: Path, show_progress: bool = True) -> dict[str, Any]:
+    """Text-only data (a text bi-encoder): the documents embedded with the document tower, searchable
+    by text queries embedded with the query tower. ``texts.json`` holds the documents, ``labels.npy``
+    the query row each document answers (-1: a hard negative)."""
+    model, dm = ckpt.model, ckpt.datamodule
+    doc_fn = getattr(model, "encode_document", None) or text_encoder_of(model)
+    if doc_fn is None:
+        raise ConfigError(f"data has no images and objective={ckpt.objective} has no text tower; nothing to embed")
+    chosen = list(SPLITS) if split == "all" else [split]
+    texts, owners, names = [], [], []
+    for s in chosen:
+        docs, owner = split_documents(dm, s)
+        texts += docs
+        owners += owner
+        names += [s] * len(docs)
+    model.eval()
+    with Progress(transient=False, disable=not show_progress) as progress:
+        emb = embed_texts(doc_fn, texts, int(ckpt.config.data.get("batch_size", 256)), progress).astype(np.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "embeddings.npy", emb)
+    np.save(out_dir / "ids.npy", np.arange(len(texts), dtype=np.int64))
+    np.save(out_dir / "labels.npy", np.asarray(owners, dtype=np.int64))
+    np.save(out_dir / "splits.npy", np.asarray(names))
+    (out_dir / "texts.json").write_text(json.dumps(texts))
+    meta = {
+        "checkpoint": str(ckpt.path.resolve()),
+        "objective": ckpt.objective,
+        "global_step": ckpt.global_step,
+        "space": "text",
+        "split": split,
+        "rows": {s: names.count(s) for s in chosen},
+        "dim": int(emb.shape[1]),
+        "count": int(emb.shape[0]),
+        "data": OmegaConf.to_container(ckpt.config.data, resolve=True),
+        "files": ["embeddings.npy", "ids.npy", "labels.npy", "splits.npy", "texts.json"],
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -69,7 +69,9 @@ def evaluate(
 
     needs_embeddings = any(s != "objective" for s in selected)
     tr_x = tr_y = va_x = va_y = None
-    if needs_embeddings:
+    if needs_embeddings and not getattr(dm, "has_images", True):
+        skipped.update({s: "the data has no images (text only)" for s in selected if s != "objective"})
+    elif needs_embeddings:
         try:
             tr_x, tr_y = embed_loader(model.embed, dm.eval_train_dataloader(), device)
             va_x, va_y = embed_loader(model.embed, dm.val_dataloader(), device)

@@ -50,6 +50,7 @@ class EmbeddingFolder:
     captions: list[str] | None = None
     caption_rows: np.ndarray | None = None  # (N_captions,) image row of each caption
     text_embeddings: np.ndarray | None = None  # (N_captions, D)
+    texts: list[str] | None = None  # text-pair data: the documents (the rows are texts)
     first_caption: dict[int, str] = field(default_factory=dict)
 
     @classmethod
@@ -77,6 +78,8 @@ class EmbeddingFolder:
                 out.first_caption.setdefault(int(row), cap)
         if p := opt("text_embeddings.npy"):
             out.text_embeddings = np.load(p)
+        if p := opt("texts.json"):
+            out.texts = json.loads(p.read_text())
         return out
 
 
@@ -182,6 +185,10 @@ def embed_query(folder: EmbeddingFolder, kind: str, value: Any, cfg: DictConfig)
 def choose_target(folder: EmbeddingFolder, kind: str, target: str) -> str:
     if target not in ("auto", "image", "text"):
         raise ConfigError(f"target must be auto, image or text, got {target}")
+    if folder.meta.get("space") == "text":  # documents of a text bi-encoder: every query is a text
+        if kind == "image" or target == "text":
+            raise ConfigError(f"index={folder.root} holds text documents; query with a text or idx:<row>")
+        return "image"
     if kind == "text" and folder.text_embeddings is None and folder.meta.get("space") != "shared":
         raise ConfigError(
             f"a text query needs an image-text checkpoint (objective=clip), but index={folder.root} holds "
@@ -238,6 +245,8 @@ def search(cfg: DictConfig) -> dict[str, Any]:
             item["image_row"] = image_row
         elif image_row in folder.first_caption:
             item["caption"] = folder.first_caption[image_row]
+        if folder.texts is not None:
+            item["text"] = folder.texts[row]
         if folder.paths is not None:
             item["path"] = folder.paths[image_row]
         results.append(item)
@@ -248,6 +257,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
         "query": str(cfg.query),
         "kind": kind,
         "target": target,
+        "space": folder.meta.get("space"),
         "query_label": query_label,
         "matches": matches,
         "results": results,
@@ -257,9 +267,10 @@ def search(cfg: DictConfig) -> dict[str, Any]:
 def print_results(out: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     label = f" (label {out['query_label']})" if out["query_label"] is not None else ""
-    table = Table(title=f"nearest {out['target']}s to {out['query']}{label}")
+    what = {"text": "captions", "image": "images"}[out["target"]] if out.get("space") != "text" else "documents"
+    table = Table(title=f"nearest {what} to {out['query']}{label}")
     cols = ["rank", "score", "row", "split", "id", "label"]
-    extra = [c for c in ("caption", "path") if any(c in r for r in out["results"])]
+    extra = [c for c in ("text", "caption", "path") if any(c in r for r in out["results"])]
     for c in cols + extra:
         table.add_column(c, justify="right" if c in ("rank", "score", "row", "id", "label") else "left")
     for r in out["results"]:
