@@ -17,6 +17,13 @@ from contrastlab.config_checks import ConfigError
 TINY = ["debug=fast", "logger=csv", "print_config=false", "callbacks.collapse=null"]
 
 
+@pytest.fixture(autouse=True)
+def no_hydra_config_left_behind():
+    """compose() installs a global HydraConfig; other tests in this process must not see it."""
+    yield
+    HydraConfig.instance().cfg = None
+
+
 def test_compose_sets_the_run_directory_and_hydra_choices(tmp_path: Path) -> None:
     cfg = api.compose(["loss.temperature=0.3", "sampler=memory_bank"], tmp_path / "run")
     assert "hydra" not in cfg
@@ -47,7 +54,10 @@ def test_bad_input_raises_instead_of_exiting(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def api_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("api") / "run"
-    return run_dir, api.train([*TINY, "loss.temperature=0.2"], run_dir)
+    HydraConfig.instance().cfg = None
+    metrics = api.train([*TINY, "loss.temperature=0.2"], run_dir)
+    assert not HydraConfig.initialized()  # train() removes the HydraConfig it installed
+    return run_dir, metrics
 
 
 def test_train_writes_a_run_directory_like_the_cli(api_run: tuple[Path, dict]) -> None:

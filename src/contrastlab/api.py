@@ -70,17 +70,20 @@ def save_run_files(cfg: DictConfig) -> Path:
 
 def train(overrides: Sequence[str] = (), output_dir: str | Path = "outputs/api") -> dict[str, Any]:
     """Fit one run, as ``contrastlab-train <overrides> hydra.run.dir=<output_dir>``; returns the final
-    metrics (also in ``<output_dir>/metrics.json``). Checkpoints go to ``<output_dir>/checkpoints/``."""
+    metrics (also in ``<output_dir>/metrics.json``). Checkpoints go to ``<output_dir>/checkpoints/``.
+    The :class:`HydraConfig` installed for the run is removed afterwards (the previous one restored)."""
     from contrastlab import train as train_module
 
+    previous = HydraConfig.instance().cfg
     cfg = compose(overrides, output_dir)
-    save_run_files(cfg)
     failed = True
     try:
+        save_run_files(cfg)
         metrics = train_module.train(cfg)
         failed = False
     finally:
         train_module.finish_tracking(exit_code=int(failed))  # close the W&B run, if any
+        HydraConfig.instance().cfg = previous  # leave Hydra's global state as it was
     return metrics
 
 
