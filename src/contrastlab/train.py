@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from contrastlab import cli_errors, sweeps
+from contrastlab import cli_errors, launched_ranks, sweeps
 from contrastlab.config_checks import check_config
 
 # torch and Lightning load only after the config is validated: bad input fails within seconds
@@ -117,7 +118,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> Any:
     """The ``contrastlab-train`` command: bad input ends with one line on stderr and exit status 2
-    (see :mod:`contrastlab.cli_errors`); SIGTERM with a checkpoint and status 143."""
+    (see :mod:`contrastlab.cli_errors`); SIGTERM with a checkpoint and status 143. Ranks > 0 started by
+    torchrun or srun leave ``.hydra/`` and ``train.log`` to rank 0 (:mod:`contrastlab.launched_ranks`)."""
+    sys.argv += launched_ranks.hydra_rank_overrides(sys.argv[1:], os.environ)
     return cli_errors.run_main(hydra_main)
 
 
