@@ -107,7 +107,24 @@ def test_ddp_trainer_config_for_gpus_and_nodes(composed) -> None:
         "nccl",
     )
     assert _world(t) == 32
-    check_config(cfg)
+
+
+@pytest.mark.parametrize("visible", [0, 4, 8])
+def test_gpu_trainers_need_the_gpus_they_ask_for(composed, monkeypatch, visible: int) -> None:
+    """``trainer=ddp trainer.devices=8`` passes the start-up checks on a node with 8 GPUs; with fewer (or none,
+    as on this CPU machine) it stops with one sentence naming the key, before Lightning's traceback."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    cfg = composed("trainer=ddp", "trainer.devices=8", "trainer.num_nodes=4")
+    if visible == 8:
+        check_config(cfg)
+    elif visible == 0:
+        with pytest.raises(ConfigError, match=r"no CUDA GPU is visible here; set trainer=cpu \(or trainer=ddp_cpu"):
+            check_config(cfg)
+    else:
+        fewer = r"trainer\.devices=8 but this node has 4 visible GPU\(s\); set trainer\.devices=4"
+        with pytest.raises(ConfigError, match=fewer):
+            check_config(cfg)
+    check_config(composed("trainer=cpu"))  # CPU trainers never ask
 
 
 # --- torch.compile by flag --------------------------------------------------------------------------------

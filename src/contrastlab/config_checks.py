@@ -33,6 +33,30 @@ def check_config(cfg: DictConfig) -> None:
     check_two_towers(cfg)  # before check_negatives: a text-only dataset leaves image keys unresolvable
     check_negatives(cfg)
     check_sync_batchnorm(cfg)
+    check_gpus(cfg.get("trainer") or {})
+
+
+def check_gpus(trainer: DictConfig | dict) -> None:
+    """A GPU trainer (``trainer=gpu|ddp``) needs CUDA GPUs on this node, at least ``trainer.devices`` of
+    them (devices are per node). Under torchrun each process may see only its own GPU, which Lightning
+    accepts, and so do we."""
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here; "
+            "set trainer=cpu (or trainer=ddp_cpu for the multi-process code path on CPU)."
+        )
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, int) and devices > visible and not torch.distributed.is_torchelastic_launched():
+        raise ConfigError(
+            f"trainer.devices={devices} but this node has {visible} visible GPU(s); set trainer.devices={visible} "
+            "(devices count per node; add nodes with trainer.num_nodes)."
+        )
 
 
 def check_data_dir(data: DictConfig | dict) -> None:
