@@ -100,6 +100,11 @@ def cluster(tmp_path: Path) -> Iterator[FakeCluster]:
     fake.cancel_all()
 
 
+def logs_of(run_dir: Path) -> str:
+    """The run directory's Hydra log files (``train.log``, and any per-rank log), concatenated."""
+    return "".join(p.read_text() for p in sorted(run_dir.glob("*.log")))
+
+
 def rank_lines(text: str) -> set[str]:
     return set(re.findall(r"Initializing distributed: GLOBAL_RANK: \d+, MEMBER: \d+/\d+", text))
 
@@ -212,6 +217,7 @@ def test_readme_slurm_sweep(cluster: FakeCluster, tmp_path: Path) -> None:
         # 2 ranks x 32 samples x 2 views gathered across ranks; one process would see 64
         assert metrics["train/num_candidates"] == 128
         assert not list(job_dir.glob("train_ddp_process_*.log"))  # Lightning did not start ranks itself
+        assert "[rank: 1] Seed set to 42" in logs_of(job_dir)  # rank 1's Hydra run directory is the job's
         # submitit's per-task logs: both ranks joined one 2-process group, under Lightning's SLURMEnvironment
         logs = sweep / ".submitit" / element
         for rank in (0, 1):
@@ -263,6 +269,7 @@ def test_readme_sbatch_srun(cluster: FakeCluster, tmp_path: Path) -> None:
     assert metrics["trainer/global_step"] == 3
     assert metrics["train/num_candidates"] == 128  # 2 ranks x 32 x 2 views (one process: 64)
     assert not list(run_dir.glob("train_ddp_process_*.log"))  # srun started the ranks, not Lightning
+    assert "[rank: 1] Seed set to 42" in logs_of(run_dir)  # rank 1 logged into the same run directory
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     # the two srun tasks joined one 2-process group, with Lightning's SLURMEnvironment (its requeue handler)
     assert rank_lines(job_out) == {
