@@ -34,6 +34,8 @@ BAD_INPUT = (
     "DataDirError",  # contrastlab.data.on_disk (and ImageFolderError, caption-table errors)
     "UnreadableImageError",  # contrastlab.data.image_files, with data.strict=true
     "CheckpointMismatchError",  # contrastlab.resume
+    "PretrainedWeightsError",  # contrastlab.encoders.timm_encoder: encoder.pretrained weights not found
+    "EncoderInputError",  # contrastlab.encoders.timm_encoder: images too small for the model
 )
 # runtime failures that are explained in one sentence (exit status 1, no traceback)
 RUN_FAILURES = (
@@ -54,12 +56,20 @@ def _did_you_mean(word: str, options: Iterable[str]) -> str:
     return f"; did you mean '{best}'?" if best else ""
 
 
+def unwrap(err: BaseException) -> BaseException:
+    """The error a constructor raised, out of Hydra's ``InstantiationException`` (which ``instantiate``
+    wraps around it, e.g. ``PretrainedWeightsError`` from ``TimmEncoder``); other errors unchanged."""
+    while type(err).__name__ == "InstantiationException" and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
 def is_bad_input(err: BaseException) -> bool:
-    return any(cls.__name__ in BAD_INPUT for cls in type(err).__mro__)
+    return any(cls.__name__ in BAD_INPUT for cls in type(unwrap(err)).__mro__)
 
 
 def is_run_failure(err: BaseException) -> bool:
-    return any(cls.__name__ in RUN_FAILURES for cls in type(err).__mro__)
+    return any(cls.__name__ in RUN_FAILURES for cls in type(unwrap(err)).__mro__)
 
 
 def one_line(text: str) -> str:
@@ -109,7 +119,7 @@ def message_for(err: BaseException) -> str | None:
     if msg is not None:
         return msg
     if is_bad_input(err) or is_run_failure(err):
-        return one_line(str(err))
+        return one_line(str(unwrap(err)))
     return None
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import pickle
+import urllib.error
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -66,7 +68,19 @@ class TorchvisionDataModule(OnDiskDataModule):
         where = f"data.data_dir={self.data_dir} ({self.base_folder}/)"
         try:
             return self.open_split(split, download)
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as err:
+            raise DataDirError(
+                f"data.download=true could not fetch the {self.contents} into {where} "
+                f"({type(err).__name__}: {err}); check the network connection and run again, "
+                "or put the files there yourself and set data.download=false."
+            ) from err
         except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+            if download:  # the archive failed its md5 check (nothing extracted), or the files it held
+                raise DataDirError(
+                    f"data.download=true fetched {self.contents} into {where} that fail torchvision's md5 "
+                    f"check ({err}); run again to fetch them anew (a corrupt archive is replaced), "
+                    "or put the real files there yourself and set data.download=false."
+                ) from err
             if self.verify_md5:
                 raise DataDirError(
                     f"{self.contents} in {where} are missing or fail torchvision's md5 check; "
