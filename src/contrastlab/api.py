@@ -81,6 +81,12 @@ def train(overrides: Sequence[str] = (), output_dir: str | Path = "outputs/api")
         save_run_files(cfg)
         metrics = train_module.train(cfg)
         failed = False
+    except Exception as err:  # a constructor's own error (e.g. PretrainedWeightsError), not Hydra's wrapper
+        from contrastlab.cli_errors import is_bad_input, unwrap
+
+        if is_bad_input(err) and unwrap(err) is not err:
+            raise unwrap(err) from None
+        raise
     finally:
         train_module.finish_tracking(exit_code=int(failed))  # close the W&B run, if any
         HydraConfig.instance().cfg = previous  # leave Hydra's global state as it was
