@@ -27,10 +27,10 @@ train: setup
 
 # two workers (one per core), one thread each; a file's tests stay on one worker (shared trained fixtures)
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=20
-test: setup
-	$(BIN)/ruff check src tests benchmarks
+test: lint
 	OMP_NUM_THREADS=1 $(BIN)/pytest tests $(PYTEST_ARGS)
 
+# style: ruff's lint rules and its formatter (fix with: .venv/bin/ruff format src tests benchmarks)
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks

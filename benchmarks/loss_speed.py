@@ -63,9 +63,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 # ----------------------------------------------------------------------------- the contenders
-def nt_xent_cases(
-    rows: int, dim: int, temperature: float, chunk_size: int
-) -> dict[str, Callable[[], object]]:
+def nt_xent_cases(rows: int, dim: int, temperature: float, chunk_size: int) -> dict[str, Callable[[], object]]:
     """SimCLR: queries = keys = the 2N views; bound = Z Z^T, G Z, Z^T G."""
     pairs = rows // 2
     g = torch.Generator().manual_seed(0)
@@ -98,9 +96,7 @@ def nt_xent_cases(
     return {"bound": bound, "plain": plain, "nt_xent": ours, "nt_xent[chunked]": ours_chunked}
 
 
-def info_nce_cases(
-    rows: int, dim: int, temperature: float, chunk_size: int
-) -> dict[str, Callable[[], object]]:
+def info_nce_cases(rows: int, dim: int, temperature: float, chunk_size: int) -> dict[str, Callable[[], object]]:
     """Queries (R, D) against a separate key set of 2R rows (gathered batch / memory bank);
     bound = Q K^T, G K, Q^T G."""
     g = torch.Generator().manual_seed(0)
@@ -151,9 +147,7 @@ def run_size(cases: dict[str, Callable[[], object]], repeats: int, budget_s: flo
 
 # ----------------------------------------------------------------------------- report
 def print_table(results: dict[int, dict[str, dict]]) -> None:
-    header = (
-        f"{'rows':>6} {'case':<18} {'min s':>8} {'median s':>9} {'/bound':>7} {'plain/x':>8} {'peak MB':>9}"
-    )
+    header = f"{'rows':>6} {'case':<18} {'min s':>8} {'median s':>9} {'/bound':>7} {'plain/x':>8} {'peak MB':>9}"
     print(header)
     print("-" * len(header))
     for rows, res in results.items():
@@ -205,8 +199,7 @@ def main() -> None:
     for loss in args.losses:
         print(f"\n== {loss} ==")
         results = {
-            r: run_size(FAMILIES[loss](r, args.dim, args.temperature, args.chunk_size), args.repeats)
-            for r in args.rows
+            r: run_size(FAMILIES[loss](r, args.dim, args.temperature, args.chunk_size), args.repeats) for r in args.rows
         }
         print_table(results)
         top = max(args.rows)
@@ -228,9 +221,7 @@ def main() -> None:
         if "nt_xent" in bounds:  # the bound grows as rows^2 at fixed D
             rows, t_bound = bounds["nt_xent"]
             est = t_bound * (args.large_rows / rows) ** 2
-            extra = (
-                f", matmul bound ~{est:.0f} s (extrapolated from {rows} rows) -> ratio ~{elapsed / est:.2f}"
-            )
+            extra = f", matmul bound ~{est:.0f} s (extrapolated from {rows} rows) -> ratio ~{elapsed / est:.2f}"
         print(
             f"\nNT-Xent, {args.large_rows} rows ({args.large_rows // 2} pairs), D = {args.dim}, chunked "
             f"mode: forward+backward {elapsed:.1f} s{extra}; peak memory {peak / 1024:.2f} GB "

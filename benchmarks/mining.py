@@ -48,9 +48,7 @@ def ours(x: torch.Tensor, labels: torch.Tensor, strategy: str) -> tuple[int, flo
     if strategy == "batch_all":
         loss = batch_all_triplet_margin(dist, mined.positive_mask, mined.negative_mask, MARGIN)
         return int(mined.stats["active_fraction"] * mined.stats["num_triplets"] + 0.5), float(loss)
-    loss = triplet_margin_from_distances(
-        dist, mined.anchor_idx, mined.positive_idx, mined.negative_idx, MARGIN
-    )
+    loss = triplet_margin_from_distances(dist, mined.anchor_idx, mined.positive_idx, mined.negative_idx, MARGIN)
     return mined.anchor_idx.numel(), float(loss)
 
 
@@ -112,9 +110,7 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(
-    impl: str, strategy: str, n: int, dim: int, per_class: int, device: str, repeats: int, threads: int
-) -> dict:
+def worker(impl: str, strategy: str, n: int, dim: int, per_class: int, device: str, repeats: int, threads: int) -> dict:
     torch.manual_seed(0)
     if threads > 0:
         torch.set_num_threads(threads)
@@ -179,9 +175,7 @@ def row(strategy: str, n: int, ref: str, args: argparse.Namespace) -> None:
         f"{a['triplets']:>11,} {'yes' if same else 'NO'}"
     )
     if not same:
-        print(
-            f"    ours: {a['triplets']} triplets, loss {a['loss']:.6f}; {ref}: {b['triplets']}, {b['loss']:.6f}"
-        )
+        print(f"    ours: {a['triplets']} triplets, loss {a['loss']:.6f}; {ref}: {b['triplets']}, {b['loss']:.6f}")
 
 
 def main() -> None:
@@ -197,11 +191,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         print(
-            json.dumps(
-                worker(
-                    *args.worker, args.n, args.dim, args.per_class, args.device, args.repeats, args.threads
-                )
-            )
+            json.dumps(worker(*args.worker, args.n, args.dim, args.per_class, args.device, args.repeats, args.threads))
         )
         return
     print(

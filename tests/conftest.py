@@ -59,9 +59,7 @@ def run_cli(
     return proc
 
 
-def train_run(
-    tmp_path: Path, *overrides: str, name: str = "run", check: bool = True, timeout: float = 300
-) -> Run:
+def train_run(tmp_path: Path, *overrides: str, name: str = "run", check: bool = True, timeout: float = 300) -> Run:
     """One ``contrastlab-train`` run into ``tmp_path/name`` (csv logger and no config print unless overridden)."""
     run_dir = tmp_path / name
     args = ["logger=csv", "print_config=false", *overrides, f"hydra.run.dir={run_dir}"]

@@ -30,9 +30,7 @@ def brute_force(emb, labels, rank_min, rank_max, margin):
             [
                 j
                 for r, j in enumerate(ranked, start=1)
-                if rank_min <= r
-                and (labels is None or labels[j] != labels[i])
-                and sim(i, j) < pos_sim - margin
+                if rank_min <= r and (labels is None or labels[j] != labels[i]) and sim(i, j) < pos_sim - margin
             ]
         )
     return out
@@ -51,9 +49,7 @@ def data(n=60, d=8, classes=4, seed=0):
 def test_top_sampling_matches_brute_force(use_labels):
     emb, labels = data()
     lab = labels if use_labels else None
-    table, stats = mine_ann_negatives(
-        emb, lab, num_negatives=2, rank_min=2, rank_max=12, margin=0.05, progress=False
-    )
+    table, stats = mine_ann_negatives(emb, lab, num_negatives=2, rank_min=2, rank_max=12, margin=0.05, progress=False)
     ref = brute_force(emb, None if lab is None else labels.tolist(), 2, 12, 0.05)
     filled = 0
     for i, valid in enumerate(ref):
@@ -68,17 +64,11 @@ def test_top_sampling_matches_brute_force(use_labels):
 def test_false_negatives_are_skipped():
     emb, labels = data()
     # rank 1 of item 0 is its near-duplicate (item 1, another label): too close to be a real negative
-    table, _ = mine_ann_negatives(
-        emb, labels, num_negatives=3, rank_min=1, rank_max=10, margin=0.05, progress=False
-    )
+    table, _ = mine_ann_negatives(emb, labels, num_negatives=3, rank_min=1, rank_max=10, margin=0.05, progress=False)
     assert 1 not in table[0].tolist() and 0 not in table[1].tolist()
-    views, _ = mine_ann_negatives(
-        emb, None, num_negatives=3, rank_min=1, rank_max=10, margin=0.05, progress=False
-    )
+    views, _ = mine_ann_negatives(emb, None, num_negatives=3, rank_min=1, rank_max=10, margin=0.05, progress=False)
     assert 1 not in views[0].tolist()  # view positives: within the margin of the item itself
-    no_filter, _ = mine_ann_negatives(
-        emb, None, num_negatives=1, rank_min=1, rank_max=10, margin=-1.0, progress=False
-    )
+    no_filter, _ = mine_ann_negatives(emb, None, num_negatives=1, rank_min=1, rank_max=10, margin=-1.0, progress=False)
     assert no_filter[0].item() == 1  # without the margin it would have been picked
 
 

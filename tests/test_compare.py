@@ -51,9 +51,7 @@ def sweep(tmp_path: Path) -> Path:
         ["loss.temperature=0.5", "sampler=in_batch", *common],
         {"val/knn_top1": 0.85, "train/loss": 2.9, "time/wall_s": 11.0, "trainer/epoch": 1},
     )
-    make_run(
-        root / "2", ["loss.temperature=-1", "sampler=memory_bank", *common], None, failed="ConfigError: bad"
-    )
+    make_run(root / "2", ["loss.temperature=-1", "sampler=memory_bank", *common], None, failed="ConfigError: bad")
     make_run(root / "10", ["loss.temperature=0.5", "sampler=memory_bank", *common], None)  # still running
     (root / "multirun.yaml").write_text("hydra: {}\n")
     (root / "0" / "checkpoints").mkdir()

@@ -48,13 +48,9 @@ def _rank_loss(gathered: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (weights * gathered).sum() + (gathered**2 * weights.abs()).sum() / 3
 
 
-def _in_batch_loss(
-    v1: torch.Tensor, v2: torch.Tensor, enc: torch.Tensor, chunk_size: int | None
-) -> torch.Tensor:
+def _in_batch_loss(v1: torch.Tensor, v2: torch.Tensor, enc: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
     cands = InBatch(gather_across_ranks=True)(v1 @ enc, v2 @ enc)
-    return info_nce(
-        cands.queries, cands.keys, temperature=TEMPERATURE, chunk_size=chunk_size, **cands.loss_kwargs()
-    )
+    return info_nce(cands.queries, cands.keys, temperature=TEMPERATURE, chunk_size=chunk_size, **cands.loss_kwargs())
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -125,9 +121,7 @@ def test_gather_backward_sums_gradients_to_the_owning_rank(ranks: list[dict]) ->
 
 
 @pytest.mark.parametrize("tag", ["fused", "chunked"])
-def test_in_batch_info_nce_two_ranks_equal_one_process_with_the_global_batch(
-    ranks: list[dict], tag: str
-) -> None:
+def test_in_batch_info_nce_two_ranks_equal_one_process_with_the_global_batch(ranks: list[dict], tag: str) -> None:
     data = _global_data()
     v1, v2 = data["v1"].clone().requires_grad_(True), data["v2"].clone().requires_grad_(True)
     enc = data["enc"].clone().requires_grad_(True)

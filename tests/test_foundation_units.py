@@ -165,6 +165,4 @@ def test_datamodule_applies_batched_augment_after_transfer() -> None:
     batch = next(iter(dm.train_dataloader()))
     assert torch.equal(batch["views"][0], batch["views"][1])  # raw images until the device hook
     batch = dm.on_after_batch_transfer(batch, 0)
-    assert batch["views"][0].shape == (16, 1, 16, 16) and not torch.equal(
-        batch["views"][0], batch["views"][1]
-    )
+    assert batch["views"][0].shape == (16, 1, 16, 16) and not torch.equal(batch["views"][0], batch["views"][1])

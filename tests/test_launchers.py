@@ -94,9 +94,7 @@ def test_joblib_launcher_composes(hydra_cfg) -> None:
 
 
 def test_cli_cfg_hydra_composes(tmp_path: Path) -> None:
-    proc = run_cli(
-        "train", "hydra/launcher=submitit_slurm", "trainer=ddp", "--cfg", "hydra", tmp_path=tmp_path
-    )
+    proc = run_cli("train", "hydra/launcher=submitit_slurm", "trainer=ddp", "--cfg", "hydra", tmp_path=tmp_path)
     launcher = OmegaConf.create(proc.stdout)["hydra"]["launcher"]
     assert launcher._target_.endswith("SlurmLauncher")
     assert OmegaConf.to_container(launcher)["tasks_per_node"] == "${trainer.devices}"

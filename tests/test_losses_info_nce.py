@@ -119,16 +119,12 @@ def _nt_indices(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("chunk_size", [None, 4])
 @pytest.mark.parametrize("n", [1, 2, 6])
-def test_nt_xent_identical_embeddings_give_log_2n_minus_1(
-    dtype: torch.dtype, chunk_size: int | None, n: int
-) -> None:
+def test_nt_xent_identical_embeddings_give_log_2n_minus_1(dtype: torch.dtype, chunk_size: int | None, n: int) -> None:
     v = torch.tensor([0.3, -1.2, 2.0, 0.5], dtype=dtype)
     z = v.repeat(n, 1).requires_grad_(True)
     for temperature in (0.5, 0.1):
         loss = nt_xent(z, z, temperature, chunk_size=chunk_size)
-        assert loss.item() == pytest.approx(
-            math.log(2 * n - 1), abs=1e-5 if dtype == torch.float32 else 1e-12
-        )
+        assert loss.item() == pytest.approx(math.log(2 * n - 1), abs=1e-5 if dtype == torch.float32 else 1e-12)
         (grad,) = torch.autograd.grad(loss, [z])
         assert grad.abs().max().item() < (1e-5 if dtype == torch.float32 else 1e-12)
 
@@ -171,9 +167,7 @@ def test_info_nce_default_positives_are_the_diagonal_with_extra_negatives(dtype:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_exclude", [False, True])
-def test_info_nce_positive_mask_several_positives_and_rows_without(
-    dtype: torch.dtype, with_exclude: bool
-) -> None:
+def test_info_nce_positive_mask_several_positives_and_rows_without(dtype: torch.dtype, with_exclude: bool) -> None:
     g = torch.Generator().manual_seed(4)
     n, m = 5, 7
     q, k = torch.randn(n, 3, generator=g, dtype=dtype), torch.randn(m, 3, generator=g, dtype=dtype)
@@ -241,9 +235,7 @@ def _compare_with_plain(q, k, pos, excl, t, *, normalize=True, chunk_size=None, 
 @pytest.mark.parametrize("chunk_size", [None, 64, 1000])
 @pytest.mark.parametrize("temperature", [0.5, 0.1, 0.01])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_fused_and_chunked_equal_plain_float32(
-    chunk_size: int | None, temperature: float, normalize: bool
-) -> None:
+def test_fused_and_chunked_equal_plain_float32(chunk_size: int | None, temperature: float, normalize: bool) -> None:
     g = torch.Generator().manual_seed(6)
     n, m = 300, 700
     q, k = torch.randn(n, 32, generator=g), torch.randn(m, 32, generator=g)
@@ -251,9 +243,7 @@ def test_fused_and_chunked_equal_plain_float32(
         q, k = q * 0.2, k * 0.2
     pos = torch.randint(0, m, (n,), generator=g)
     excl = (pos + torch.randint(1, m, (n,), generator=g)) % m
-    _compare_with_plain(
-        q, k, pos, excl, torch.tensor(temperature), normalize=normalize, chunk_size=chunk_size
-    )
+    _compare_with_plain(q, k, pos, excl, torch.tensor(temperature), normalize=normalize, chunk_size=chunk_size)
 
 
 @pytest.mark.parametrize("chunk_size", [None, 64])
@@ -279,9 +269,7 @@ def test_kernel_gradcheck_float64(recompute: bool, case: str) -> None:
         t.requires_grad_(True)
 
         def fn(x: torch.Tensor, temp: torch.Tensor) -> torch.Tensor:
-            return fused.fused_info_nce(
-                x, x, pos, temp, exclude_index=excl, chunk_size=4, recompute=recompute
-            )
+            return fused.fused_info_nce(x, x, pos, temp, exclude_index=excl, chunk_size=4, recompute=recompute)
 
         assert torch.autograd.gradcheck(fn, (q, t))
         return

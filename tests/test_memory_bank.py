@@ -30,9 +30,7 @@ def test_fifo_wraps_around_without_dropping_rows():
     assert (int(bank.ptr), int(bank.filled)) == (2, 10)
     bank2 = MemoryBank(size=10)
     bank2.enqueue(rows[:7], torch.arange(7))
-    bank2.enqueue(
-        rows[7:12], torch.arange(7, 12)
-    )  # one batch straddling the end: 3 rows at the end, 2 at the start
+    bank2.enqueue(rows[7:12], torch.arange(7, 12))  # one batch straddling the end: 3 rows at the end, 2 at the start
     assert bank2.queue[:, 0].tolist() == [10, 11, 2, 3, 4, 5, 6, 7, 8, 9]
     emb, ids, _ = MemoryBank(size=5).memory()
     assert emb.shape[0] == ids.shape[0] == 0
@@ -46,9 +44,7 @@ def test_batch_larger_than_the_queue_names_sampler_size():
 def test_empty_bank_is_exactly_nt_xent():
     z1, z2 = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
     c = MemoryBank(size=32)(z1, z2, None, ids=torch.arange(6))
-    torch.testing.assert_close(
-        info_nce(c.queries, c.keys, temperature=0.3, **c.loss_kwargs()), nt_xent(z1, z2, 0.3)
-    )
+    torch.testing.assert_close(info_nce(c.queries, c.keys, temperature=0.3, **c.loss_kwargs()), nt_xent(z1, z2, 0.3))
 
 
 @pytest.mark.parametrize("label_positives", [False, True])

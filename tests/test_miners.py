@@ -30,11 +30,7 @@ def roles(labels, key_labels, a, self_rows):
         for j in range(len(key_labels))
         if labels[a] >= 0 and key_labels[j] == labels[a] and not (self_rows and j == a)
     ]
-    neg = [
-        j
-        for j in range(len(key_labels))
-        if labels[a] >= 0 and key_labels[j] >= 0 and key_labels[j] != labels[a]
-    ]
+    neg = [j for j in range(len(key_labels)) if labels[a] >= 0 and key_labels[j] >= 0 and key_labels[j] != labels[a]]
     return pos, neg
 
 
@@ -58,11 +54,7 @@ def naive_mine(d, labels, key_labels, strategy, margin, self_rows):
         elif strategy == "semi_hard":
             for p in pos:
                 farther = [n for n in neg if row[n] > row[p]]
-                n = (
-                    first_arg(row, farther, lambda u, v: u < v)
-                    if farther
-                    else first_arg(row, neg, lambda u, v: u > v)
-                )
+                n = first_arg(row, farther, lambda u, v: u < v) if farther else first_arg(row, neg, lambda u, v: u > v)
                 out.append((a, p, n))
         else:
             out += [(a, p, n) for p in pos for n in neg if row[p] - row[n] + margin > 0]
@@ -112,23 +104,17 @@ def test_blocks_of_rows_and_reference_set_match_naive(strategy):
                 block_elements=None if block is None else block * 17,
             )
         )
-        ref = naive_mine(
-            naive_dist(z, bank, "cosine"), labels.tolist(), bank_labels.tolist(), strategy, 0.2, False
-        )
+        ref = naive_mine(naive_dist(z, bank, "cosine"), labels.tolist(), bank_labels.tolist(), strategy, 0.2, False)
         assert got == ref
 
 
 def test_ties_go_to_the_lowest_key_index():
     # rows 3 and 4 are identical negatives of anchor 0; rows 1 and 2 identical positives
-    z = torch.tensor(
-        [[1.0, 0.0], [0.8, 0.6], [0.8, 0.6], [0.6, 0.8], [0.6, 0.8], [-1.0, 0.0]], dtype=torch.float64
-    )
+    z = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.8, 0.6], [0.6, 0.8], [0.6, 0.8], [-1.0, 0.0]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
     for strategy in ("batch_hard", "semi_hard"):
         got = as_sorted(mine_triplets(z, labels, strategy, 0.5))
-        assert got == naive_mine(
-            naive_dist(z, z, "cosine"), labels.tolist(), labels.tolist(), strategy, 0.5, True
-        )
+        assert got == naive_mine(naive_dist(z, z, "cosine"), labels.tolist(), labels.tolist(), strategy, 0.5, True)
     a, p, n = mine_triplets(z, labels, "batch_hard", 0.5)
     assert (p[a == 0].item(), n[a == 0].item()) == (1, 3)
 
@@ -151,8 +137,7 @@ def naive_stats(d, labels, strategy, margin):
     ]
     if strategy == "batch_all":
         valid = sum(
-            len(roles(labels, labels, a, True)[0]) * len(roles(labels, labels, a, True)[1])
-            for a in range(len(labels))
+            len(roles(labels, labels, a, True)[0]) * len(roles(labels, labels, a, True)[1]) for a in range(len(labels))
         )
         return valid, len(trip) / valid, sum(hardest) / len(hardest)
     return len(trip), active / len(trip), sum(hardest) / len(hardest)

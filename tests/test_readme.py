@@ -42,3 +42,11 @@ def test_readme_shows_the_two_commands() -> None:
     text = (ROOT / "README.md").read_text()
     assert "make train" in text and "make test" in text
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_make_test_runs_the_lint_target() -> None:
+    """``make lint`` (ruff's rules and its formatter check) runs first in every ``make test``, hence in CI."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: lint\b", makefile, flags=re.M)
+    lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
+    assert "ruff check src tests benchmarks" in lint and "ruff format --check src tests benchmarks" in lint

@@ -105,9 +105,7 @@ def test_lightning_injects_its_distributed_sampler_and_we_take_rank_and_world_fr
     take the rank and world size from it."""
     labels = labels_of({c: 12 for c in range(4)})
     with _replace_dunder_methods(BatchSampler):  # how Lightning records the constructor's arguments
-        loader = DataLoader(
-            _Items(), batch_sampler=PKBatchSampler(labels=labels, batch_size=8, k=2, drop_last=True)
-        )
+        loader = DataLoader(_Items(), batch_sampler=PKBatchSampler(labels=labels, batch_size=8, k=2, drop_last=True))
     new = _update_dataloader(loader, DistributedSampler(_Items(), num_replicas=2, rank=1, shuffle=False))
     bs = new.batch_sampler
     assert isinstance(bs, PKBatchSampler) and (bs.num_replicas, bs.rank) == (2, 1)

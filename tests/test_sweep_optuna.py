@@ -42,9 +42,7 @@ def test_optuna_search_reports_the_best_and_resumes(tmp_path: Path) -> None:
     assert sorted(t.value for t in study.trials) == sorted(losses)
     for trial in study.trials:
         assert set(trial.params) == SPACE
-        assert (
-            0.05 <= trial.params["loss.temperature"] <= 1.0 and 1e-4 <= trial.params["optimizer.lr"] <= 1e-2
-        )
+        assert 0.05 <= trial.params["loss.temperature"] <= 1.0 and 1e-4 <= trial.params["optimizer.lr"] <= 1e-2
 
     run_cli("train", *FAST, "hydra.sweeper.n_trials=1", tmp_path=tmp_path)  # same command again: resumes
     assert len(sweep_dirs(tmp_path)) == 2

@@ -72,9 +72,7 @@ def test_triplet_margin_matches_naive_values_and_gradients(dtype, distance, soft
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g.double(), r, **TOL[dtype])
     with torch.no_grad():  # and without gradients
-        torch.testing.assert_close(
-            triplet_margin(a, p, n, 0.3, distance, soft).double(), ref.detach(), **TOL[dtype]
-        )
+        torch.testing.assert_close(triplet_margin(a, p, n, 0.3, distance, soft).double(), ref.detach(), **TOL[dtype])
 
 
 def test_triplet_margin_hinge_is_zero_for_easy_triplets_and_linear_for_hard():
@@ -100,10 +98,7 @@ def test_pairwise_distance_matches_naive(dtype, distance):
     x, y = leaf((6, 4), dtype, 3), leaf((5, 4), dtype, 4)
     fast = pairwise_distance(x, y, distance)
     ref = torch.stack(
-        [
-            torch.stack([naive_distance(x[i].double(), y[j].double(), distance) for j in range(5)])
-            for i in range(6)
-        ]
+        [torch.stack([naive_distance(x[i].double(), y[j].double(), distance) for j in range(5)]) for i in range(6)]
     )
     torch.testing.assert_close(
         fast.double(),
@@ -157,9 +152,7 @@ def test_batch_all_matches_naive_triple_loop(dtype, margin):
 
 
 def test_batch_all_rectangular_with_ties_and_no_active_triplet():
-    dist = torch.tensor(
-        [[0.0, 0.5, 0.5, 0.7, 0.5], [0.3, 0.0, 0.9, 0.1, 0.1]], dtype=torch.float64, requires_grad=True
-    )
+    dist = torch.tensor([[0.0, 0.5, 0.5, 0.7, 0.5], [0.3, 0.0, 0.9, 0.1, 0.1]], dtype=torch.float64, requires_grad=True)
     pos = torch.tensor([[False, True, False, False, False], [True, False, False, False, False]])
     neg = torch.tensor([[False, False, True, True, True], [False, False, True, True, True]])
     fast = batch_all_triplet_margin(dist, pos, neg, 0.1)

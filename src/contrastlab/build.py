@@ -30,9 +30,7 @@ def build_objective(cfg: DictConfig) -> ContrastiveObjective:
     # text-only objectives (objective=biencoder) set encoder/head to null: no image tower
     encoder = instantiate(cfg.encoder) if cfg.get("encoder") is not None else None
     head = (
-        instantiate(cfg.head, in_dim=encoder.out_dim)
-        if encoder is not None and cfg.get("head") is not None
-        else None
+        instantiate(cfg.head, in_dim=encoder.out_dim) if encoder is not None and cfg.get("head") is not None else None
     )
     extra: dict[str, Any] = {}
     for group in ("text_encoder",):  # optional towers some objectives take

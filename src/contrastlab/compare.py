@@ -104,9 +104,7 @@ def find_run_dirs(path: str | Path) -> list[Path]:
     # a run directory's own sub-folders (an evaluation's metrics.json, ...) are part of that run
     runs = sorted((d for d in found if is_run_dir(d) and not found & set(d.parents)), key=_natural_key)
     if not runs:
-        raise FileNotFoundError(
-            f"no run directories (with .hydra/overrides.yaml or metrics.json) under {root}."
-        )
+        raise FileNotFoundError(f"no run directories (with .hydra/overrides.yaml or metrics.json) under {root}.")
     return runs
 
 
@@ -141,9 +139,7 @@ def read_run_dir(run_dir: str | Path, label: str | None = None) -> RunRecord:
         raw = json.loads(metrics_file.read_text())
         status = str(raw.pop("status", "completed"))
         error = raw.pop("error", None)
-        metrics = {
-            k: float(v) for k, v in raw.items() if isinstance(v, int | float) and not isinstance(v, bool)
-        }
+        metrics = {k: float(v) for k, v in raw.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     return RunRecord(label or d.name, str(d), overrides, metrics, status, error, read_curves(d))
 
 
@@ -215,10 +211,7 @@ def record_from_wandb_run(run: Any) -> RunRecord:
     metrics = {
         k: float(v)
         for k, v in summary.items()
-        if not k.startswith("_")
-        and isinstance(v, int | float)
-        and not isinstance(v, bool)
-        and math.isfinite(v)
+        if not k.startswith("_") and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     }
     state = str(run.state)
     status = {"finished": "completed", "crashed": "failed"}.get(state, state)
@@ -238,9 +231,7 @@ def fetch_wandb_runs(project_path: str, group: str | None = None) -> list[Any]: 
     return list(wandb.Api().runs(project_path, filters={"group": group} if group else {}))
 
 
-def load_wandb_runs(
-    project_path: str, group: str | None = None
-) -> pd.DataFrame:  # pragma: no cover - network
+def load_wandb_runs(project_path: str, group: str | None = None) -> pd.DataFrame:  # pragma: no cover - network
     return frame_from_records([record_from_wandb_run(r) for r in fetch_wandb_runs(project_path, group)])
 
 
@@ -305,9 +296,7 @@ def print_table(
     table = Table(title=title or f"runs sorted by {metric}")
     for col in shown:
         numeric = pd.api.types.is_numeric_dtype(table_df[col])
-        table.add_column(
-            col, justify="right" if numeric else "left", no_wrap=numeric or col in ("run", "status")
-        )
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric or col in ("run", "status"))
     for _, row in table_df.iterrows():
         style = "red" if row["status"] == "failed" else None
         table.add_row(*(_fmt(row[c]) for c in shown), style=style)
@@ -321,9 +310,7 @@ def print_table(
 
 def to_markdown(df: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table (no extra dependency)."""
-    cells = [
-        [_fmt(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in df.itertuples(index=False)
-    ]
+    cells = [[_fmt(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in df.itertuples(index=False)]
     header = "| " + " | ".join(df.columns) + " |"
     rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns) + "|"
     return "\n".join([header, rule, *("| " + " | ".join(r) + " |" for r in cells)]) + "\n"
@@ -355,9 +342,7 @@ def plot_runs(df: pd.DataFrame, metric: str, out_path: str | Path) -> Path:
     has_metric = metric in df.columns
     if params:
         for ax, param in zip(axes, params, strict=False):
-            sub = (
-                df[["run", param, metric]] if has_metric else df[["run", param]].assign(**{metric: math.nan})
-            )
+            sub = df[["run", param, metric]] if has_metric else df[["run", param]].assign(**{metric: math.nan})
             if pd.api.types.is_numeric_dtype(sub[param]):
                 sub = sub.sort_values(param)
                 ax.plot(sub[param], sub[metric], "o-")
@@ -376,9 +361,7 @@ def plot_runs(df: pd.DataFrame, metric: str, out_path: str | Path) -> Path:
         for run, curve in curves.items():
             if m not in curve.columns:
                 continue
-            points = (
-                curve[["step", m]].dropna() if "step" in curve.columns else curve[[m]].dropna().reset_index()
-            )
+            points = curve[["step", m]].dropna() if "step" in curve.columns else curve[[m]].dropna().reset_index()
             ax.plot(points.iloc[:, 0], points[m], marker=".", label=str(run))
         ax.set_xlabel("step")
         ax.set_ylabel(m)
@@ -398,9 +381,7 @@ def plot_runs(df: pd.DataFrame, metric: str, out_path: str | Path) -> Path:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="contrastlab-compare", description=__doc__.split("\n")[0])
-    p.add_argument(
-        "paths", nargs="*", help="sweep or run directories (default: the latest sweep under outputs/)"
-    )
+    p.add_argument("paths", nargs="*", help="sweep or run directories (default: the latest sweep under outputs/)")
     p.add_argument("--metric", default=DEFAULT_METRIC, help=f"sort by this metric (default {DEFAULT_METRIC})")
     p.add_argument("--metrics", default="", help="extra metric columns, comma-separated")
     order = p.add_mutually_exclusive_group()
@@ -413,9 +394,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="outputs root for the default (default $CONTRASTLAB_OUTPUTS or outputs)",
     )
     p.add_argument("--no-plot", action="store_true", help="skip compare.png")
-    p.add_argument(
-        "--wandb", default=None, metavar="ENTITY/PROJECT", help="read runs from W&B instead (online)"
-    )
+    p.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT", help="read runs from W&B instead (online)")
     p.add_argument("--group", default=None, help="with --wandb: the W&B group (a sweep's directory name)")
     return p.parse_args(argv)
 

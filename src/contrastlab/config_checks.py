@@ -74,9 +74,7 @@ def check_data_dir(data: DictConfig | dict) -> None:
             f"data.data_dir={root} does not exist{why}; set data.data_dir to the dataset's folder{fetch}."
         )
     if next(root.iterdir(), None) is None:
-        raise ConfigError(
-            f"data.data_dir={root} is an empty folder; set data.data_dir to the dataset's folder{fetch}."
-        )
+        raise ConfigError(f"data.data_dir={root} is an empty folder; set data.data_dir to the dataset's folder{fetch}.")
 
 
 def _choice(cfg: DictConfig, group: str) -> str:
@@ -130,9 +128,7 @@ def check_negatives(cfg: DictConfig) -> None:
                 "set objective.positives=views."
             )
         if positives == "views" and views < 2:
-            raise ConfigError(
-                f"objective.positives=views needs two views per item, got {views}; set data.views=2."
-            )
+            raise ConfigError(f"objective.positives=views needs two views per item, got {views}; set data.views=2.")
         pk = data.get("batch_sampler")
         if positives == "labels" and pk is not None and int(pk.get("k", 2)) < 2:
             raise ConfigError(
@@ -207,9 +203,7 @@ def check_two_towers(cfg: DictConfig) -> None:
         for name, cb in (cfg.get("callbacks") or {}).items():
             cb_cls = _cls(cb)
             if cb_cls is not None and issubclass(cb_cls, CollapseMonitor | EmbeddingPlotCallback):
-                raise ConfigError(
-                    f"callbacks.{name} embeds images and data={dat} has none; set callbacks.{name}=null."
-                )
+                raise ConfigError(f"callbacks.{name} embeds images and data={dat} has none; set callbacks.{name}=null.")
 
 
 def check_sync_batchnorm(cfg: DictConfig) -> None:

@@ -74,6 +74,5 @@ def check_equal_batches(local_size: int) -> None:
     values = [int(s.item()) for s in sizes]
     if len(set(values)) != 1:
         raise RuntimeError(
-            f"per-rank batch sizes differ ({values}); cross-rank negatives need equal batches: "
-            "set data.drop_last=true."
+            f"per-rank batch sizes differ ({values}); cross-rank negatives need equal batches: set data.drop_last=true."
         )

@@ -1,8 +1,8 @@
 """``contrastlab-train``: compose the config, validate it, build everything, fit, write metrics.json.
 
-    contrastlab-train                                   # SimCLR on digits, CPU, W&B offline
-    contrastlab-train encoder=timm encoder.name=resnet18 loss.temperature=0.2
-    contrastlab-train -m loss.temperature=0.1,0.5 debug=fast
+contrastlab-train                                   # SimCLR on digits, CPU, W&B offline
+contrastlab-train encoder=timm encoder.name=resnet18 loss.temperature=0.2
+contrastlab-train -m loss.temperature=0.1,0.5 debug=fast
 """
 
 from __future__ import annotations

@@ -55,9 +55,7 @@ class BatchSimCLRAugment:
         rotation: float = 0.0,
     ) -> None:
         if hue:
-            raise ValueError(
-                "BatchSimCLRAugment has no hue jitter; set augment.hue=false or use augment=simclr."
-            )
+            raise ValueError("BatchSimCLRAugment has no hue jitter; set augment.hue=false or use augment=simclr.")
         self.image_size = image_size
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
         self.hflip_p, self.rotation = hflip_p, rotation
@@ -84,9 +82,7 @@ class BatchSimCLRAugment:
             ],
             1,
         )
-        grid = F.affine_grid(
-            theta.to(x.dtype), [b, x.shape[1], self.image_size, self.image_size], align_corners=False
-        )
+        grid = F.affine_grid(theta.to(x.dtype), [b, x.shape[1], self.image_size, self.image_size], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def color(self, x: Tensor, g: torch.Generator | None = None) -> Tensor:

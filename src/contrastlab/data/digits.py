@@ -24,9 +24,7 @@ class DigitsDataModule(ContrastiveDataModule):
         x, y = load_digits(return_X_y=True)
         images = torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
         if self.image_size != 8:
-            images = torch.nn.functional.interpolate(
-                images, size=self.image_size, mode="bilinear", align_corners=False
-            )
+            images = torch.nn.functional.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
         labels = torch.tensor(y, dtype=torch.long)
         idx = torch.arange(len(labels)).numpy()
         tr, va = train_test_split(idx, test_size=self.val_fraction, random_state=self.seed, stratify=y)

@@ -48,9 +48,7 @@ def has_image_file(root: str | os.PathLike) -> bool:
     return any(any(is_image_file(f) for f in files) for _, _, files in os.walk(root, followlinks=True))
 
 
-def find_image_samples(
-    root: str | os.PathLike, key: str = "data.data_dir"
-) -> tuple[list[tuple[str, int]], list[str]]:
+def find_image_samples(root: str | os.PathLike, key: str = "data.data_dir") -> tuple[list[tuple[str, int]], list[str]]:
     """Discover ``(path, label)`` samples under ``root`` and the class names.
 
     * class sub-folders holding images -> torchvision ``ImageFolder`` semantics: classes are the
@@ -63,9 +61,7 @@ def find_image_samples(
     """
     root = Path(root)
     if not root.is_dir():
-        raise ImageFolderError(
-            f"{key}={root} is not a folder; set {key} to a folder of images or class sub-folders."
-        )
+        raise ImageFolderError(f"{key}={root} is not a folder; set {key} to a folder of images or class sub-folders.")
     loose = sorted(str(p) for p in root.iterdir() if p.is_file() and is_image_file(p.name))
     subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if any(has_image_file(d) for d in subdirs):
@@ -200,9 +196,7 @@ class ImageFileDataset(Dataset):
                     img = self._read(j)
                     if img is not None:
                         return img, self.samples[j][1]
-        raise UnreadableImageError(
-            f"none of the {n} images of this split could be read (first: {self.samples[0][0]})."
-        )
+        raise UnreadableImageError(f"none of the {n} images of this split could be read (first: {self.samples[0][0]}).")
 
 
 class SkippedFilesReport(L.Callback):

@@ -71,9 +71,7 @@ class ImageFolderDataModule(OnDiskDataModule):
         mean, std = IMAGENET_STATS if channels == 3 else ((0.449,), (0.226,))  # grey: mean of the RGB stats
         kwargs["mean"] = mean if kwargs.get("mean") is None else kwargs["mean"]
         kwargs["std"] = std if kwargs.get("std") is None else kwargs["std"]
-        super().__init__(
-            data_dir=data_dir, image_size=image_size, channels=channels, num_classes=num_classes, **kwargs
-        )
+        super().__init__(data_dir=data_dir, image_size=image_size, channels=channels, num_classes=num_classes, **kwargs)
         self.val_dir, self.strict, self.load_size = val_dir, strict, load_size or image_size
         self.samples, self.classes = find_image_samples(self.data_dir, "data.data_dir")  # type: ignore[arg-type]
         self.has_labels = bool(self.classes)

@@ -61,9 +61,7 @@ class OnDiskDataModule(ContrastiveDataModule):
                 f"set data.data_dir to the folder holding the {self.contents}{fetch}."
             )
         if not any(root.iterdir()):
-            raise DataDirError(
-                f"data.data_dir={root} is an empty folder; put the {self.contents} there{fetch}."
-            )
+            raise DataDirError(f"data.data_dir={root} is an empty folder; put the {self.contents} there{fetch}.")
 
     @classmethod
     def can_download(cls) -> bool:

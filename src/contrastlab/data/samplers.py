@@ -64,9 +64,7 @@ class PKBatchSampler(BatchSampler):
             p = batch_size // k
         self.classes = [c for c in torch.unique(labels).tolist() if c >= 0]
         if not self.classes:
-            raise ValueError(
-                "the P x K batch sampler needs labels but the data has none; remove data.batch_sampler."
-            )
+            raise ValueError("the P x K batch sampler needs labels but the data has none; remove data.batch_sampler.")
         if not 1 <= p <= len(self.classes):
             raise ValueError(
                 f"P x K batches need p={p} distinct classes but the data has {len(self.classes)}; "

@@ -72,9 +72,7 @@ class MultiView:
     here: the raw image is repeated and the datamodule augments whole batches on the device.
     """
 
-    def __init__(
-        self, augment: Callable[[Tensor], Tensor], views: int = 2, finish: Callable | None = None
-    ) -> None:
+    def __init__(self, augment: Callable[[Tensor], Tensor], views: int = 2, finish: Callable | None = None) -> None:
         self.augment, self.views, self.finish = augment, views, finish or (lambda t: t)
 
     def __call__(self, x: object) -> list[Tensor]:

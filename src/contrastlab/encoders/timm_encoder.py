@@ -63,9 +63,7 @@ class TimmEncoder(nn.Module):
             ) from err
         if cifar_stem:
             if not (hasattr(self.model, "conv1") and hasattr(self.model, "maxpool")):
-                raise ValueError(
-                    f"encoder.cifar_stem=true needs a ResNet-style model, '{name}' has no conv1/maxpool."
-                )
+                raise ValueError(f"encoder.cifar_stem=true needs a ResNet-style model, '{name}' has no conv1/maxpool.")
             out_ch = self.model.conv1.out_channels
             self.model.conv1 = nn.Conv2d(in_chans, out_ch, 3, stride=1, padding=1, bias=False)
             self.model.maxpool = nn.Identity()

@@ -167,9 +167,7 @@ def info_nce_plain(
         return (torch.logsumexp(logits, dim=1) - logits[rows, positive_index]).mean()
 
 
-def nt_xent(
-    z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.5, *, chunk_size: int | None = None
-) -> Tensor:
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.5, *, chunk_size: int | None = None) -> Tensor:
     """SimCLR's NT-Xent over 2N views: ``z1``, ``z2`` (N, D) are two views of the same N items.
 
     Mean over all 2N anchors; each anchor's positive is its other view and the remaining

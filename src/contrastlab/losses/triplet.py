@@ -29,9 +29,7 @@ DISTANCES = ("cosine", "euclidean")
 
 def _check(margin: float, distance: str) -> None:
     if distance not in DISTANCES:
-        raise ValueError(
-            f"distance must be one of {', '.join(DISTANCES)}, got '{distance}'; set loss.distance."
-        )
+        raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got '{distance}'; set loss.distance.")
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}; set loss.margin to a non-negative value.")
 
@@ -125,9 +123,7 @@ def triplet_margin_from_distances(
     return _hinge(dist[anchor_idx, positive_idx], dist[anchor_idx, negative_idx], margin, soft_margin)
 
 
-def batch_all_triplet_margin(
-    dist: Tensor, positive_mask: Tensor, negative_mask: Tensor, margin: float = 0.2
-) -> Tensor:
+def batch_all_triplet_margin(dist: Tensor, positive_mask: Tensor, negative_mask: Tensor, margin: float = 0.2) -> Tensor:
     """Mean of ``d_ap - d_an + margin`` over every triplet ``(a, p, n)`` with ``positive_mask[a, p]``,
     ``negative_mask[a, n]`` and a positive loss (Hermans et al.'s "batch all", non-zero average).
 

@@ -59,9 +59,7 @@ def mine_ann_negatives(
     if not 1 <= rank_min <= rank_max:
         raise ValueError(f"need 1 <= sampler.rank_min <= sampler.rank_max, got {rank_min} and {rank_max}.")
     if rank_max >= n:
-        raise ValueError(
-            f"sampler.rank_max={rank_max} must be below the {n} training items; lower sampler.rank_max."
-        )
+        raise ValueError(f"sampler.rank_max={rank_max} must be below the {n} training items; lower sampler.rank_max.")
     if sampling not in ("top", "random"):
         raise ValueError(f"sampler.sampling must be 'top' or 'random', got '{sampling}'.")
     x = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=1).contiguous()
@@ -93,9 +91,7 @@ def mine_ann_negatives(
     score[~valid] = float("inf")
     pick = score.argsort(dim=1, stable=True)[:, :num_negatives] if num_negatives <= rank_max else None
     if pick is None:
-        raise ValueError(
-            f"sampler.num_negatives={num_negatives} exceeds the window size; raise sampler.rank_max."
-        )
+        raise ValueError(f"sampler.num_negatives={num_negatives} exceeds the window size; raise sampler.rank_max.")
     table = nbr.gather(1, pick)
     ok = valid.gather(1, pick)
     missing = ~ok
@@ -127,9 +123,7 @@ def _random_negatives(labels: Tensor | None, n: int, rows: Tensor, gen: torch.Ge
         if not bool(bad.any()):
             return out
         out[bad] = torch.randint(n, (int(bad.sum()),), generator=gen)
-    raise ValueError(
-        "ANN mining found no possible negative for some items: does the training set have one class?"
-    )
+    raise ValueError("ANN mining found no possible negative for some items: does the training set have one class?")
 
 
 class MinedNegativesDataset(Dataset):
@@ -189,9 +183,7 @@ class AnnMined(TripletMiner):
         self.shared_table: Tensor | None = None  # CPU shared-memory copy read by the dataset
         self.positives = "labels"
 
-    def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         saved = state_dict.get(prefix + "table")
         if saved is not None and saved.shape != self.table.shape:
             self.table = torch.full_like(saved, -1, device=self.table.device)

@@ -54,9 +54,7 @@ class InBatch(nn.Module):
             keys = distributed.gather(queries)
             offset = distributed.rank_offset(2 * n)
         idx = torch.arange(2 * n, device=queries.device)
-        return Candidates(
-            queries, keys, positive_index=offset + (idx + n) % (2 * n), exclude_index=offset + idx
-        )
+        return Candidates(queries, keys, positive_index=offset + (idx + n) % (2 * n), exclude_index=offset + idx)
 
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> Candidates:
         return self.pairs(z1, z2, labels)

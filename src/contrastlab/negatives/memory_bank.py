@@ -66,14 +66,10 @@ class MemoryBank(TripletMiner):
         if self.momentum is not None:
             self.key_encoder = MomentumEncoder(*online, momentum=float(self.momentum))
 
-    def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         saved = state_dict.get(prefix + "queue")
         if saved is not None and self.queue.shape[1] == 0 and saved.shape[0] == self.size:
-            self.queue = torch.zeros_like(
-                saved, device=self.queue.device
-            )  # lazily sized: take the saved width
+            self.queue = torch.zeros_like(saved, device=self.queue.device)  # lazily sized: take the saved width
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- the queue -----------------------------------------------------------------------------------
@@ -99,13 +95,9 @@ class MemoryBank(TripletMiner):
                 f"set sampler.size to at least {b}."
             )
         if self.queue.shape[1] == 0:
-            self.queue = torch.zeros(
-                self.size, emb.shape[1], device=self.queue.device, dtype=self.queue.dtype
-            )
+            self.queue = torch.zeros(self.size, emb.shape[1], device=self.queue.device, dtype=self.queue.dtype)
         if emb.shape[1] != self.queue.shape[1]:
-            raise ValueError(
-                f"embeddings have width {emb.shape[1]} but the queue holds {self.queue.shape[1]}"
-            )
+            raise ValueError(f"embeddings have width {emb.shape[1]} but the queue holds {self.queue.shape[1]}")
         p = int(self.ptr)
         first = min(b, self.size - p)
         for dst, src in (
@@ -132,9 +124,7 @@ class MemoryBank(TripletMiner):
         self.enqueue(embeddings, ids.repeat(views), labels)
 
     # --- what the losses see ---------------------------------------------------------------------------
-    def forward(
-        self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, ids: Tensor | None = None
-    ) -> Candidates:
+    def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, ids: Tensor | None = None) -> Candidates:
         """InfoNCE candidates: queries ``[z1; z2]`` (2N, D); keys = the batch (gathered) then the queue.
 
         Positives: the other view, plus (``label_positives`` with labels) every key of the same label,
@@ -161,9 +151,7 @@ class MemoryBank(TripletMiner):
     ) -> TripletCandidates:
         """Triplet candidates: the batch (gathered) then the queue, targets = labels or image ids."""
         cands = super().candidates(z, ids, labels, positives, batch, embed)
-        cands.keys, cands.key_targets = self._append_memory(
-            cands.keys, cands.key_targets, positives == "labels"
-        )
+        cands.keys, cands.key_targets = self._append_memory(cands.keys, cands.key_targets, positives == "labels")
         return cands
 
     def _append_memory(self, keys: Tensor, targets: Tensor, by_labels: bool) -> tuple[Tensor, Tensor]:
@@ -171,9 +159,7 @@ class MemoryBank(TripletMiner):
         bank, bank_ids, bank_labels = self.memory()
         if bank.shape[0] == 0:
             return keys, targets
-        return torch.cat([keys, bank.to(keys.dtype)]), torch.cat(
-            [targets, bank_labels if by_labels else bank_ids]
-        )
+        return torch.cat([keys, bank.to(keys.dtype)]), torch.cat([targets, bank_labels if by_labels else bank_ids])
 
     def extra_repr(self) -> str:
         return (

@@ -174,9 +174,7 @@ def mine_from_distances(
         "hardest_negative_distance": hardest_sum / max(hardest_count, 1),
     }
     if strategy == "batch_all":
-        return MinedTriplets(
-            positive_mask=torch.cat(pos_masks), negative_mask=torch.cat(neg_masks), stats=stats
-        )
+        return MinedTriplets(positive_mask=torch.cat(pos_masks), negative_mask=torch.cat(neg_masks), stats=stats)
     return MinedTriplets(torch.cat(a_parts), torch.cat(p_parts), torch.cat(n_parts), stats=stats)
 
 
@@ -232,9 +230,7 @@ def mine_triplets(
         raise ValueError("ref_labels is required with ref_embeddings")
     with torch.no_grad():
         dist = pairwise_distance(embeddings.detach(), keys.detach(), distance)
-    self_index = (
-        torch.arange(embeddings.shape[0], device=embeddings.device) if ref_embeddings is None else None
-    )
+    self_index = torch.arange(embeddings.shape[0], device=embeddings.device) if ref_embeddings is None else None
     mined = mine_from_distances(dist, labels, key_labels, strategy, margin, self_index, block_elements)
     if strategy == "batch_all":
         return enumerate_batch_all(dist, mined.positive_mask, mined.negative_mask, margin, block_elements)  # type: ignore[arg-type]

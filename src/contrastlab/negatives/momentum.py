@@ -21,9 +21,7 @@ class MomentumEncoder(nn.Module):
     def __init__(self, *online: nn.Module, momentum: float = 0.99) -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:
-            raise ValueError(
-                f"momentum must be in [0, 1), got {momentum}; set sampler.momentum (or null to disable)."
-            )
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}; set sampler.momentum (or null to disable).")
         self.momentum = momentum
         self.net = nn.Sequential(*(copy.deepcopy(m) for m in online))
         self.net.requires_grad_(False)

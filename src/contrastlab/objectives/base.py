@@ -67,9 +67,7 @@ class ContrastiveObjective(L.LightningModule):
                 "set objective.grad_cache.micro_batch_size=null."
             )
         self.compile_encoder = compile_encoder
-        self.run_config: dict | None = (
-            None  # the resolved Hydra config, set by train.py, saved in checkpoints
-        )
+        self.run_config: dict | None = None  # the resolved Hydra config, set by train.py, saved in checkpoints
 
     # --- embeddings -----------------------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:

@@ -57,9 +57,7 @@ class Triplet(ContrastiveObjective):
                 "set objective.positives=views (positives from augmented views) or use labelled data."
             )
         if self.positives == "views" and getattr(dm, "views", 2) < 2:
-            raise ValueError(
-                f"objective.positives=views needs data.views >= 2, got {dm.views}; set data.views=2."
-            )
+            raise ValueError(f"objective.positives=views needs data.views >= 2, got {dm.views}; set data.views=2.")
         if hasattr(self.negatives, "attach"):  # e.g. ANN mining serves negatives through the datamodule
             self.negatives.attach(dm, self.positives)
 
