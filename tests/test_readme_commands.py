@@ -270,6 +270,10 @@ COVERAGE: dict[str, tuple[str, tuple[str, ...]]] = {
         "toy sizes; its agreement check must hold",
         ("tests/test_benchmarks.py::test_mining_miners_agree_with_the_references",),
     ),
+    "python tests/test_readme_commands.py": (
+        "as written",
+        ("tests/test_readme_commands.py::test_the_map_prints_as_a_markdown_table",),
+    ),
     "python benchmarks/<name>.py": (
         "all three",
         (
@@ -349,6 +353,17 @@ def test_the_extraction_sees_continuations_comments_and_inline_commands() -> Non
     )
     assert readme_commands(text) == {"make train", "contrastlab-eval ckpt_path=x", "contrastlab-train a=1 b=2",
                                      "from x import y"}  # fmt: skip
+
+
+def test_the_map_prints_as_a_markdown_table() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "tests/test_readme_commands.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(COVERAGE) and all(line.count(" | ") == 2 for line in rows)
 
 
 if __name__ == "__main__":  # the map as a Markdown table: python tests/test_readme_commands.py
