@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,11 @@ def main() -> Any:
     (see :mod:`contrastlab.cli_errors`); SIGTERM with a checkpoint and status 143. Ranks > 0 started by
     torchrun or srun leave ``.hydra/`` and ``train.log`` to rank 0 (:mod:`contrastlab.launched_ranks`)."""
     sys.argv += launched_ranks.hydra_rank_overrides(sys.argv[1:], os.environ)
+    # conf/hydra/launcher/submitit_slurm.yaml deliberately shares the plugin's schema name, so that
+    # hydra/launcher=submitit_slurm always gets our trainer-matched allocation; Hydra 1.3 warns about the
+    # (intended) schema match on every compose.
+    schema_match = r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore schema"
+    warnings.filterwarnings("ignore", message=schema_match)
     return cli_errors.run_main(hydra_main)
 
 
