@@ -152,6 +152,30 @@ def test_the_command_exits_2_in_a_separate_process(tmp_path: Path, args: list[st
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("module", "args", "expected"),
+    [
+        ("evaluate", ["ckpt_path=x.ckpt", "evall=1"], "error: unknown config key 'evall'; did you mean 'eval'?"),
+        ("embed", [], "error: ckpt_path= is required"),
+        ("search", ["index=nowhere", "query=idx:1"], "error: index=nowhere has no embeddings.npy"),
+    ],
+)
+def test_eval_embed_and_search_exit_2_with_one_line(tmp_path: Path, module: str, args: list[str], expected: str):
+    """The other commands share contrastlab-train's error boundary (cli_errors.run_main)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"contrastlab.{module}", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
 def test_hydra_full_error_shows_the_traceback(tmp_path: Path) -> None:
     env = {**cli_env(tmp_path), "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run(

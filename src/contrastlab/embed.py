@@ -24,7 +24,6 @@ text queries can be compared with images. ``auto``: shared when the model has a 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -38,7 +37,7 @@ from rich.progress import Progress
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from contrastlab import build
+from contrastlab import build, cli_errors
 from contrastlab.checkpoints import LoadedCheckpoint, load_checkpoint
 from contrastlab.config_checks import ConfigError
 
@@ -291,12 +290,17 @@ def run_embed(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=build.CONF_DIR, config_name="embed")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     try:
         run_embed(cfg)
-    except ConfigError as e:
-        print(f"contrastlab-embed: {e}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as err:
+        cli_errors.exit_if_known(err)  # bad input: one line and exit status 2, no traceback
+        raise
+
+
+def main() -> Any:
+    """The ``contrastlab-embed`` command; bad input ends with one line on stderr and exit status 2."""
+    return cli_errors.run_main(hydra_main)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ pictures. All run on the encoder embeddings (``model.embed``) of the run's train
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from contrastlab import build, runs
+from contrastlab import build, cli_errors, runs
 from contrastlab.checkpoints import LoadedCheckpoint, load_checkpoint, run_overrides
 from contrastlab.config_checks import ConfigError
 from contrastlab.evaluation.callbacks import KNNMonitor
@@ -224,17 +223,22 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=build.CONF_DIR, config_name="eval")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     try:
         run_eval(cfg)
-    except ConfigError as e:
-        print(f"contrastlab-eval: {e}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as err:
+        cli_errors.exit_if_known(err)  # bad input: one line and exit status 2, no traceback
+        raise
     finally:
         import wandb
 
         if wandb.run is not None:
             wandb.finish()
+
+
+def main() -> Any:
+    """The ``contrastlab-eval`` command; bad input ends with one line on stderr and exit status 2."""
+    return cli_errors.run_main(hydra_main)
 
 
 if __name__ == "__main__":

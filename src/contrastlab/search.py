@@ -14,7 +14,6 @@ unchanged. ``flat`` is exact; ``ivf`` (inverted lists, ``nlist`` cells, ``nprobe
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from contrastlab import build
+from contrastlab import build, cli_errors
 from contrastlab.checkpoints import load_checkpoint
 from contrastlab.config_checks import ConfigError
 from contrastlab.data.transforms import to_float_image
@@ -281,12 +280,17 @@ def print_results(out: dict[str, Any], console: Console | None = None) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=build.CONF_DIR, config_name="search")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     try:
         print_results(search(cfg))
-    except ConfigError as e:
-        print(f"contrastlab-search: {e}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as err:
+        cli_errors.exit_if_known(err)  # bad input: one line and exit status 2, no traceback
+        raise
+
+
+def main() -> Any:
+    """The ``contrastlab-search`` command; bad input ends with one line on stderr and exit status 2."""
+    return cli_errors.run_main(hydra_main)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class ContrastiveObjective(L.LightningModule):
     # --- validation: embedding spread (collapse indicator) ----------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         z = torch.nn.functional.normalize(self.embed(batch["image"]).float(), dim=1)
-        self.log("val/embedding_std", z.std(0).mean(), sync_dist=True)
+        self.log("val/embedding_std", z.std(0).mean(), sync_dist=True, batch_size=len(z))
 
     # --- towers compiled at fit start ---------------------------------------------------------------
     def compile_targets(self) -> list[nn.Module]:
