@@ -70,3 +70,4 @@ def test_one_wandb_run_with_each_step_logged_once(runs: Path, name: str) -> None
 def test_lr_scaling_counts_every_process(runs: Path) -> None:
     metrics = json.loads((runs / "simclr" / "metrics.json").read_text())
     assert metrics["lr-AdamW/pg1"] == pytest.approx(2e-3 * (2 * 32 / 256) ** 0.5, rel=1e-6)
+    assert metrics["train/num_candidates"] == 2 * 2 * 32  # each anchor saw the keys of both ranks' batches

@@ -183,3 +183,21 @@ def test_embed_and_search(run: Run, tmp_path: Path) -> None:
         search(cfg(query=f"idx:{len(emb)}"))
     with pytest.raises(ConfigError, match="index= is required"):
         search(cfg(index=None, query="idx:1"))
+
+
+def test_eval_of_chosen_metrics_into_the_runs_wandb_run(run: Run, tmp_path: Path) -> None:
+    """``contrastlab-eval ckpt_path=... eval=[knn,health] logger=wandb`` (the README's command): only those two
+    evaluations run, and their numbers go into the checkpoint's own W&B run as one more offline segment."""
+    run_id = (run.run_dir / "wandb_run_id").read_text().strip()
+    before = len(list((run.run_dir / "wandb").glob(f"offline-run-*-{run_id}")))
+    out = tmp_path / "subset"
+    proc = run_cli(
+        "evaluate", f"ckpt_path={last_ckpt(run)}", "eval=[knn,health]", "logger=wandb", f"output_dir={out}",
+        tmp_path=tmp_path, timeout=900,
+    )  # fmt: skip
+    metrics = json.loads((out / "eval.json").read_text())["metrics"]
+    assert abs(metrics["val/knn_top1"] - run.metrics["val/knn_top1"]) <= 1e-6
+    assert {"val/alignment", "val/uniformity", "val/effective_rank"} <= set(metrics)
+    assert not {"val/linear_top1", "val/nmi", "val/map@r"} & set(metrics)  # not asked for
+    assert "val/knn_top1" in proc.stdout and "val/linear_top1" not in proc.stdout
+    assert len(list((run.run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == before + 1

@@ -69,11 +69,8 @@ COVERAGE: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     # --- recipes: encoder, loss, sampler ---------------------------------------------------------------
     "contrastlab-train encoder=timm encoder.name=resnet18": (
-        "+ debug=fast",
-        (
-            "tests/test_train_simclr.py::test_variants_debug_fast",
-            "tests/test_readme_recipes.py::test_make_train_passes_overrides_through",
-        ),
+        "through make train ARGS=..., + debug=fast",
+        ("tests/test_readme_recipes.py::test_make_train_passes_overrides_through",),
     ),
     "contrastlab-train encoder=timm encoder.name=convnext_atto encoder.pretrained=true data.image_size=32": (
         "+ debug=fast; no network: the weights come from a Hugging Face cache the test writes (HF_HUB_OFFLINE=1)",
@@ -141,7 +138,7 @@ COVERAGE: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "contrastlab-eval ckpt_path=... eval=[knn,health] logger=wandb": (
         "as written",
-        ("tests/test_readme_recipes.py::test_eval_of_chosen_metrics_into_the_runs_wandb_run",),
+        ("tests/test_eval_cli.py::test_eval_of_chosen_metrics_into_the_runs_wandb_run",),
     ),
     "contrastlab-eval ckpt_path=... random_init=true": (
         "in-process",
@@ -213,8 +210,8 @@ COVERAGE: dict[str, tuple[str, tuple[str, ...]]] = {
     "contrastlab-train trainer=ddp_cpu": (
         "+ debug=fast, all three objectives",
         (
-            "tests/test_train_simclr.py::test_ddp_cpu_two_processes_one_run_dir",
             "tests/test_ddp_runs.py::test_ddp_runs_write_one_run_directory_each_and_nothing_else",
+            "tests/test_ddp_runs.py::test_lr_scaling_counts_every_process",
         ),
     ),
     # --- resume ------------------------------------------------------------------------------------------

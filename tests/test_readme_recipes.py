@@ -261,24 +261,3 @@ def test_joblib_sweep(tmp_path: Path) -> None:
     multirun = yaml.safe_load((sweep / "multirun.yaml").read_text())
     assert multirun["hydra"]["runtime"]["choices"]["hydra/launcher"] == "joblib"
     assert multirun["hydra"]["launcher"]["n_jobs"] == 2
-
-
-def test_eval_of_chosen_metrics_into_the_runs_wandb_run(tmp_path: Path) -> None:
-    """``contrastlab-eval ckpt_path=... eval=[knn,health] logger=wandb``: only those two evaluations run, and
-    their numbers go into the checkpoint's own W&B run (a second offline segment with the same id)."""
-    import json
-
-    from conftest import run_cli
-
-    run = train_run(tmp_path, "debug=fast", "logger=wandb", "print_config=false")
-    out = tmp_path / "eval"
-    ckpt = run.run_dir / "checkpoints" / "last.ckpt"
-    proc = run_cli("evaluate", f"ckpt_path={ckpt}", "eval=[knn,health]", "logger=wandb", f"output_dir={out}",
-                   tmp_path=tmp_path)  # fmt: skip
-    metrics = json.loads((out / "eval.json").read_text())["metrics"]
-    assert metrics["val/knn_top1"] == pytest.approx(run.metrics["val/knn_top1"], abs=1e-6)
-    assert {"val/alignment", "val/uniformity", "val/effective_rank"} <= set(metrics)
-    assert not {"val/linear_top1", "val/nmi", "val/map@r"} & set(metrics)  # not asked for
-    assert "val/knn_top1" in proc.stdout and "val/linear_top1" not in proc.stdout
-    run_id = (run.run_dir / "wandb_run_id").read_text().strip()
-    assert len(list((run.run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2

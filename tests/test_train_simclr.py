@@ -51,20 +51,8 @@ def test_default_run_wandb_offline(train) -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [
-        ("encoder=timm", "encoder.name=resnet18"),
-        ("loss.temperature=0.2", "optimizer=lars"),
-        ("logger=tensorboard", "optimizer=sgd"),
-    ],
-    ids=["timm-resnet18", "temperature-lars", "tensorboard-sgd"],
-)
+    [("logger=tensorboard", "optimizer=sgd")],
+    ids=["tensorboard-sgd"],
+)  # timm resnet18 and LARS: tests/test_readme_recipes.py runs the README's commands for them
 def test_variants_debug_fast(train, overrides) -> None:
     _expect_run_dir(train("debug=fast", *overrides))
-
-
-def test_ddp_cpu_two_processes_one_run_dir(train, tmp_path) -> None:
-    run = train("debug=fast", "trainer=ddp_cpu", timeout=400)
-    _expect_run_dir(run)
-    assert run.metrics["train/num_candidates"] == 2 * 2 * 32  # keys gathered from both ranks
-    # children write into the parent's run directory: no other run directory appears
-    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("metrics.json"))
