@@ -75,3 +75,42 @@ def train(tmp_path: Path):
         return train_run(tmp_path, *overrides, **kw)
 
     return _train
+
+
+def make_train(tmp_path: Path, *make_args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``make train [make_args]`` in the repository, as the README runs it. ``-o`` tells make that the virtual
+    environment the suite runs in is up to date, so a test never reinstalls anything."""
+    venv = Path(sys.prefix)
+    return subprocess.run(
+        ["make", "-C", str(ROOT), f"VENV={venv}", "-o", f"{venv}/.installed", "-o", f"{venv}/bin/python", "train",
+         *make_args],
+        env=cli_env(tmp_path), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def quiet_trainer(**kwargs):
+    """A CPU Lightning ``Trainer`` that writes and prints nothing (no logger, checkpoints, progress bar, model
+    summary or sanity check); ``kwargs`` add to or override these."""
+    import lightning as L
+
+    quiet = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+    return L.Trainer(**{**quiet, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is fastest, and far faster on a busy machine. Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -74,32 +74,13 @@ def test_false_negatives_are_skipped():
 
 def test_random_sampling_stays_in_the_filtered_window():
     emb, labels = data(seed=1)
-    table, _ = mine_ann_negatives(
-        emb,
-        labels,
-        num_negatives=2,
-        rank_min=3,
-        rank_max=15,
-        margin=0.0,
-        sampling="random",
-        seed=3,
-        progress=False,
-    )
+    mine = dict(num_negatives=2, rank_min=3, rank_max=15, margin=0.0, sampling="random", seed=3, progress=False)
+    table, _ = mine_ann_negatives(emb, labels, **mine)
     ref = brute_force(emb, labels.tolist(), 3, 15, 0.0)
     for i, valid in enumerate(ref):
         picks = table[i].tolist()
         assert len(set(picks[: min(2, len(valid))]) - set(valid)) == 0
-    again, _ = mine_ann_negatives(
-        emb,
-        labels,
-        num_negatives=2,
-        rank_min=3,
-        rank_max=15,
-        margin=0.0,
-        sampling="random",
-        seed=3,
-        progress=False,
-    )
+    again, _ = mine_ann_negatives(emb, labels, **mine)  # the same seed: the same picks
     assert torch.equal(table, again)
 
 

@@ -9,6 +9,7 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 
 from contrastlab.data.shapes_captions import ShapesCaptionsDataModule
 from contrastlab.encoders import ProjectionHead, SmallCNN
@@ -38,14 +39,9 @@ def make_dm(**kw) -> ShapesCaptionsDataModule:
 
 
 def fit(model, dm, steps=2, tmp_path=None, **kw):
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_steps=steps,
         limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
         **kw,
     )

@@ -40,13 +40,7 @@ COLOURS = ["red", "green", "blue", "cyan", "pink", "grey", "gold", "teal"]
 SHAPES = ["circle", "square", "star", "cross"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 
 from contrastlab.data import DigitsDataModule, SimCLRAugment
 from contrastlab.encoders import ProjectionHead, SmallCNN
@@ -44,16 +45,10 @@ def tiny(model_cls: type = SimCLR) -> tuple[SimCLR, DigitsDataModule]:
 
 
 def fit(model: SimCLR, dm: DigitsDataModule, monitor: CollapseMonitor, epochs: int = 2) -> L.Trainer:
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=epochs,
         limit_train_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         callbacks=[monitor],
-        accelerator="cpu",
     )
     trainer.fit(model, datamodule=dm)
     return trainer

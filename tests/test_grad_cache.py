@@ -29,13 +29,7 @@ WORDS = ["red", "green", "blue", "small", "large", "circle", "square", "star", "
 WORDS += ["right", "top"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 def captions(n: int, seed: int) -> list[str]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import quiet_trainer
 from hydra import compose, initialize_config_dir
 
 from contrastlab import build
@@ -120,13 +121,8 @@ def _compose(tmp_path: Path, objective: str) -> object:
 
 
 def _trainer(max_steps: int) -> L.Trainer:
-    return L.Trainer(
+    return quiet_trainer(
         max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
     )
 

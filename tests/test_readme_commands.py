@@ -12,6 +12,8 @@ import ast
 import re
 from pathlib import Path
 
+from test_notebooks import NOTEBOOKS
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = re.compile(r"(make |contrastlab-|python |wandb |torchrun |srun |source |PYTHONPATH=|RUN_ID=)")
 
@@ -301,19 +303,13 @@ def readme_commands(text: str | None = None) -> set[str]:
 
 def _exists(ref: str) -> bool:
     if ref.endswith(".ipynb"):
-        return (ROOT / ref).is_file() and ref in _notebooks_run_by_make_test()
+        return ROOT / ref in NOTEBOOKS  # the notebooks test_notebooks.py executes
     path, _, name = ref.partition("::")
     file = ROOT / path
     if not file.is_file():
         return False
     tree = ast.parse(file.read_text())
     return any(isinstance(node, ast.FunctionDef) and node.name == name for node in ast.walk(tree))
-
-
-def _notebooks_run_by_make_test() -> set[str]:
-    source = (ROOT / "tests" / "test_notebooks.py").read_text()
-    found = {f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")}
-    return found if "glob(" in source else set()
 
 
 def test_every_readme_command_has_a_test() -> None:

@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT, cli_env
+from conftest import ROOT, make_train
 
 
 def test_make_train_reaches_the_promised_knn(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
     promise = re.search(r"make train +# .*prints val/knn_top1 \(≥ ([\d.]+)\)", readme)
     assert promise, "the README's quick start no longer states the kNN make train reaches"
-    venv = Path(sys.prefix)  # the suite runs inside the set-up venv: -o keeps make from reinstalling it
-    proc = subprocess.run(
-        ["make", "-C", str(ROOT), f"VENV={venv}", "-o", f"{venv}/.installed", "-o", f"{venv}/bin/python", "train"],
-        env=cli_env(tmp_path), capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    proc = make_train(tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     (run_dir,) = (tmp_path / "outputs" / "simclr" / "runs").iterdir()  # CONTRASTLAB_OUTPUTS moves the root
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, Run, cli_env, train_run
+from conftest import ROOT, Run, cli_env, make_train, train_run
 from test_clip_e2e import write_image_text_csv
 from test_data_formats import write_cifar10
+from test_text_encoders import write_tiny_bert
 
 README = (ROOT / "README.md").read_text()
 FAST = ("debug=fast", "logger=csv", "print_config=false")
@@ -108,17 +109,10 @@ def test_worked_example_trains_from_its_own_folder(tmp_path: Path) -> None:
 
 # --- Quick start: make train passes ARGS through --------------------------------------------------------
 def test_make_train_passes_overrides_through(tmp_path: Path) -> None:
-    """``make train ARGS="loss.temperature=0.1 encoder=timm encoder.name=resnet18"``. ``-o`` tells make the
-    virtual environment is up to date (the suite runs inside it), so the test never reinstalls anything."""
+    """``make train ARGS="loss.temperature=0.1 encoder=timm encoder.name=resnet18"``."""
     readme_args = re.search(r'make train ARGS="([^"]+)"', README).group(1)
     assert readme_args == "loss.temperature=0.1 encoder=timm encoder.name=resnet18"
-    venv = Path(sys.prefix)
-    args = f"{readme_args} {' '.join(FAST)} hydra.run.dir={tmp_path / 'run'}"
-    proc = subprocess.run(
-        ["make", "-C", str(ROOT), f"VENV={venv}", "-o", f"{venv}/.installed", "-o", f"{venv}/bin/python", "train",
-         f"ARGS={args}"],
-        env=cli_env(tmp_path), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = make_train(tmp_path, f"ARGS={readme_args} {' '.join(FAST)} hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "pip install" not in proc.stdout
     run = Run(proc, tmp_path / "run")
@@ -165,22 +159,6 @@ def test_triplet_digits_recipe(tmp_path: Path) -> None:
     assert any(k.startswith("train/mining/") for k in m)
 
 
-def _tiny_bert(root: Path, texts: list[str]) -> Path:
-    """A randomly initialised 1-layer BERT with its WordPiece vocabulary, saved like a hub download."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    root.mkdir(parents=True)
-    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True).save_pretrained(root)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64)  # fmt: skip
-    BertModel(cfg).save_pretrained(root)
-    return root
-
-
 def test_clip_on_a_caption_table_with_timm_and_hf_towers(tmp_path: Path) -> None:
     """The COCO-captions command, with the README's paths replaced by a caption CSV and a BERT folder the test
     writes: ``objective=clip data=image_text_csv augment=clip encoder=timm encoder.name=resnet50
@@ -190,7 +168,7 @@ def test_clip_on_a_caption_table_with_timm_and_hf_towers(tmp_path: Path) -> None
     path = write_image_text_csv(tmp_path / "coco", n_images=48)
     with open(path) as fh:
         captions = [row["caption"] for row in csv.DictReader(fh)]
-    bert = _tiny_bert(tmp_path / "models" / "bert-base-uncased", captions)
+    bert = write_tiny_bert(tmp_path / "models" / "bert-base-uncased", captions, hidden=32, intermediate=64)
     run = train_run(
         tmp_path, "objective=clip", "data=image_text_csv", f"data.path={path}", "augment=clip", "encoder=timm",
         "encoder.name=resnet50", "text_encoder=hf", f"text_encoder.name={bert}", *FAST, timeout=600,

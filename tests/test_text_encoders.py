@@ -4,6 +4,8 @@ offline from a tiny random BertConfig saved to a temporary folder."""
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,22 +84,32 @@ def test_transformer_gradients_reach_embeddings():
     assert tower.token_embedding.weight.grad[0].abs().sum() == 0  # [PAD] never contributes
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A randomly initialised 1-layer BERT and a WordPiece tokenizer, saved offline."""
+def write_tiny_bert(root: Path, texts: list[str], hidden: int = 24, intermediate: int = 32) -> Path:
+    """A randomly initialised (seed 0) 1-layer BERT and a WordPiece vocabulary of ``texts``' words, saved
+    into ``root`` the way a hub download is laid out."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    root = tmp_path_factory.mktemp("tiny_bert")
-    words = sorted({w for t in TEXTS for w in t.replace(",", " ,").split()})
+    root.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True).save_pretrained(root)
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=intermediate,
     )
     BertModel(config).save_pretrained(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A randomly initialised 1-layer BERT and a WordPiece tokenizer, saved offline."""
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), TEXTS)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from functools import partial
 
-import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 
 from contrastlab.data.no_duplicates import NoDuplicatesBatchSampler
 from contrastlab.data.text_pairs import DEMO_PATH, TextPairsDataModule
@@ -75,13 +75,8 @@ def test_biencoder_trains_with_shared_or_two_towers(tmp_path, shared):
     assert (model.doc_encoder is None) == shared
     assert n_all > 2 * n_text if not shared else n_all < 2 * n_text
     dm = TextPairsDataModule(batch_size=16)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         default_root_dir=tmp_path,
     )
     before = model.evaluate_metrics(dm)

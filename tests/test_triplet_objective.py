@@ -7,6 +7,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 from hydra import compose, initialize_config_dir
 
 from contrastlab import build
@@ -76,13 +77,8 @@ def test_view_positives_with_ann_mined_negatives_train(tmp_path):
         )
     L.seed_everything(0)
     dm, model = build.build_datamodule(cfg), build.build_objective(cfg)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
     )
     trainer.fit(model, datamodule=dm)

@@ -143,6 +143,15 @@ def exit_if_known(err: BaseException) -> None:
         raise SystemExit(EXIT_FAILED if is_run_failure(err) else EXIT_BAD_INPUT) from None
 
 
+def run_task(task: Callable[[Any], Any], cfg: Any) -> Any:
+    """``task(cfg)`` inside a Hydra task function; a known error ends with its one line (:func:`exit_if_known`)."""
+    try:
+        return task(cfg)
+    except Exception as err:
+        exit_if_known(err)
+        raise
+
+
 def run_main(hydra_main: Callable[[], Any]) -> Any:
     """Call a ``@hydra.main`` function; bad input -> one line on stderr and ``SystemExit(2)``; a known
     run failure (:data:`RUN_FAILURES`) -> one line and ``SystemExit(1)``.

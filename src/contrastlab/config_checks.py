@@ -45,6 +45,8 @@ def check_gpus(trainer: DictConfig | dict) -> None:
         return
     import torch
 
+    from contrastlab import distributed
+
     visible = torch.cuda.device_count()
     if visible == 0:
         raise ConfigError(
@@ -52,7 +54,7 @@ def check_gpus(trainer: DictConfig | dict) -> None:
             "set trainer=cpu (or trainer=ddp_cpu for the multi-process code path on CPU)."
         )
     devices = trainer.get("devices", 1)
-    if isinstance(devices, int) and devices > visible and not torch.distributed.is_torchelastic_launched():
+    if isinstance(devices, int) and devices > visible and not distributed.launched_by_torchrun():
         raise ConfigError(
             f"trainer.devices={devices} but this node has {visible} visible GPU(s); set trainer.devices={visible} "
             "(devices count per node; add nodes with trainer.num_nodes)."

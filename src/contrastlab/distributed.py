@@ -6,6 +6,7 @@
 * :func:`rank_offset` — where this rank's rows start in the gathered tensor (to shift
   positive/exclude indices and ids).
 * :func:`check_equal_batches` — gathered tensors must have the same size on every rank.
+* :func:`launched_by_torchrun` — for start-up checks that must trust the launcher's GPU view.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def launched_by_torchrun() -> bool:
+    """Started by torchrun (TorchElastic), which may show each process only its own GPU."""
+    return dist.is_available() and dist.is_torchelastic_launched()
 
 
 class _GatherWithGrad(torch.autograd.Function):

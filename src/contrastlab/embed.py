@@ -291,11 +291,7 @@ def run_embed(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=build.CONF_DIR, config_name="embed")
 def hydra_main(cfg: DictConfig) -> None:
-    try:
-        run_embed(cfg)
-    except Exception as err:
-        cli_errors.exit_if_known(err)  # bad input: one line and exit status 2, no traceback
-        raise
+    cli_errors.run_task(run_embed, cfg)
 
 
 def main() -> Any:

@@ -225,10 +225,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=build.CONF_DIR, config_name="eval")
 def hydra_main(cfg: DictConfig) -> None:
     try:
-        run_eval(cfg)
-    except Exception as err:
-        cli_errors.exit_if_known(err)  # bad input: one line and exit status 2, no traceback
-        raise
+        cli_errors.run_task(run_eval, cfg)
     finally:
         import wandb
 

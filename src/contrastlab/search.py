@@ -281,11 +281,7 @@ def print_results(out: dict[str, Any], console: Console | None = None) -> None:
 
 @hydra.main(version_base="1.3", config_path=build.CONF_DIR, config_name="search")
 def hydra_main(cfg: DictConfig) -> None:
-    try:
-        print_results(search(cfg))
-    except Exception as err:
-        cli_errors.exit_if_known(err)  # bad input: one line and exit status 2, no traceback
-        raise
+    cli_errors.run_task(lambda c: print_results(search(c)), cfg)
 
 
 def main() -> Any:
