@@ -58,3 +58,19 @@ class InBatch(nn.Module):
 
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> Candidates:
         return self.pairs(z1, z2, labels)
+
+    def two_tower_keys(self, a: Tensor, b: Tensor, b_negatives: Tensor | None = None) -> dict[str, Tensor | int]:
+        """Keyword arguments of :func:`~contrastlab.losses.clip_loss` for matched rows ``a``, ``b`` (N, D) of two
+        towers and optional extra ``b`` keys (K, D): with ``gather_across_ranks`` under DDP the keys are every
+        rank's rows (this rank's start at ``offset``); otherwise the batch's own."""
+        kw: dict[str, Tensor | int] = {}
+        if self.gather_across_ranks and distributed.is_distributed():
+            kw = {
+                "all_image_features": distributed.gather(a),
+                "all_text_features": distributed.gather(b),
+                "offset": distributed.rank_offset(a.shape[0]),
+            }
+            b_negatives = distributed.gather(b_negatives) if b_negatives is not None else None
+        if b_negatives is not None:
+            kw["text_negatives"] = b_negatives
+        return kw

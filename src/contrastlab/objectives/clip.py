@@ -6,7 +6,8 @@ batch's ``u vᵀ`` scaled by ``s = exp(logit_scale)``, a learnable parameter ini
 ``log(1 / loss.init_temperature)`` (CLIP: ``log(1/0.07)``) and clamped to ``s <= max_logit_scale``
 (100) after every optimizer step. Under DDP each rank's pairs are contrasted with every rank's.
 
-The shared two-tower machinery (scale, clamp, gather, tokenizer fitting, frozen towers) is
+The shared two-tower machinery (scale, clamp, tokenizer fitting, frozen towers; the keys come from
+the in-batch sampler, gathered across ranks) is
 :class:`DualEncoderObjective`; the text–text bi-encoder builds on it too.
 """
 
@@ -20,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastlab import distributed
 from contrastlab.evaluation.cross_modal import cross_modal_retrieval
 from contrastlab.evaluation.embed import embed_loader
 from contrastlab.evaluation.zero_shot import zero_shot_accuracy, zero_shot_classifier
@@ -112,18 +112,8 @@ class DualEncoderObjective(ContrastiveObjective):
     # --- loss ------------------------------------------------------------------------------------------
     def pair_loss(self, a: Tensor, b: Tensor, b_negatives: Tensor | None = None) -> Tensor:
         """Loss of matched rows ``a`` (N, D), ``b`` (N, D) at scale ``exp(logit_scale)``; under DDP the
-        keys are the pairs of every rank (this rank's rows start at ``rank * N``)."""
-        kw: dict[str, Any] = {}
-        if getattr(self.negatives, "gather_across_ranks", True) and distributed.is_distributed():
-            kw = {
-                "all_image_features": distributed.gather(a),
-                "all_text_features": distributed.gather(b),
-                "offset": distributed.rank_offset(a.shape[0]),
-            }
-            b_negatives = distributed.gather(b_negatives) if b_negatives is not None else None
-        if b_negatives is not None:
-            kw["text_negatives"] = b_negatives
-        return self.loss(a, b, self.logit_scale.exp(), **kw)
+        keys are the pairs of every rank (the in-batch sampler gathers them)."""
+        return self.loss(a, b, self.logit_scale.exp(), **self.negatives.two_tower_keys(a, b, b_negatives))
 
     def log_step(self, loss: Tensor, batch_size: int) -> None:
         self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
