@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from contrastlab import build
+from contrastlab.config import build
 
 TARGET_RATIO = 1.05
 

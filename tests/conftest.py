@@ -43,9 +43,9 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 def run_cli(
     module: str, *args: str, tmp_path: Path, timeout: float = 300, check: bool = True, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """``python -m contrastlab.<module> args...``; on ``check`` failure the output is shown."""
+    """``python -m contrastlab.cli.<module> args...``; on ``check`` failure the output is shown."""
     proc = subprocess.run(
-        [sys.executable, "-m", f"contrastlab.{module}", *args],
+        [sys.executable, "-m", f"contrastlab.cli.{module}", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

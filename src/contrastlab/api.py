@@ -8,8 +8,8 @@
 :func:`compose` builds the same config ``contrastlab-train <overrides>`` would (Hydra's compose API
 on ``conf/train.yaml``), with the run directory set to ``output_dir`` instead of
 ``outputs/<task>/runs/<date>_<time>``; :func:`train` also writes ``<output_dir>/.hydra/`` like a
-command-line run, so :func:`contrastlab.compare.load_runs` reads API runs and CLI runs alike.
-Bad input raises :class:`contrastlab.config_checks.ConfigError` (or Hydra's composition error)
+command-line run, so :func:`contrastlab.tracking.leaderboard.load_runs` reads API runs and CLI runs alike.
+Bad input raises :class:`contrastlab.config.checks.ConfigError` (or Hydra's composition error)
 instead of exiting.
 """
 
@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from contrastlab import build
+from contrastlab.config import build
 
 __all__ = ["compose", "embed", "load_checkpoint", "train"]
 
@@ -72,7 +72,7 @@ def train(overrides: Sequence[str] = (), output_dir: str | Path = "outputs/api")
     """Fit one run, as ``contrastlab-train <overrides> hydra.run.dir=<output_dir>``; returns the final
     metrics (also in ``<output_dir>/metrics.json``). Checkpoints go to ``<output_dir>/checkpoints/``.
     The :class:`HydraConfig` installed for the run is removed afterwards (the previous one restored)."""
-    from contrastlab import train as train_module
+    from contrastlab.cli import train as train_module
 
     previous = HydraConfig.instance().cfg
     cfg = compose(overrides, output_dir)
@@ -82,7 +82,7 @@ def train(overrides: Sequence[str] = (), output_dir: str | Path = "outputs/api")
         metrics = train_module.train(cfg)
         failed = False
     except Exception as err:  # a constructor's own error (e.g. PretrainedWeightsError), not Hydra's wrapper
-        from contrastlab.cli_errors import is_bad_input, unwrap
+        from contrastlab.errors import is_bad_input, unwrap
 
         if is_bad_input(err) and unwrap(err) is not err:
             raise unwrap(err) from None
@@ -96,9 +96,9 @@ def train(overrides: Sequence[str] = (), output_dir: str | Path = "outputs/api")
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> tuple[Any, Any, DictConfig]:
     """``(model, datamodule, cfg)`` of a checkpoint written by a run: the objective in eval mode on
     ``device``, its datamodule set up, and the run's resolved config. ``kwargs`` go to
-    :func:`contrastlab.checkpoints.load_checkpoint` (``data=``, ``batch_size=``, ``trust=``, ...), the
+    :func:`contrastlab.training.checkpoints.load_checkpoint` (``data=``, ``batch_size=``, ``trust=``, ...), the
     loader ``contrastlab-eval`` uses."""
-    from contrastlab.checkpoints import load_checkpoint as load
+    from contrastlab.training.checkpoints import load_checkpoint as load
 
     ckpt = load(path, device=device, **kwargs)
     return ckpt.model, ckpt.datamodule, ckpt.config

@@ -24,13 +24,14 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms import v2
 
 from contrastlab.data.on_disk import DataDirError
+from contrastlab.errors import BadInputError
 
 
 class UnreadableImageWarning(UserWarning):
     """An image file could not be decoded and was skipped."""
 
 
-class UnreadableImageError(RuntimeError):
+class UnreadableImageError(BadInputError, RuntimeError):
     """An image file could not be decoded and ``data.strict=true`` (or no readable image was left)."""
 
 

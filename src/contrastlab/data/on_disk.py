@@ -10,9 +10,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from contrastlab.data.base import ContrastiveDataModule, EvalDataset
+from contrastlab.errors import BadInputError
 
 
-class DataDirError(ValueError):
+class DataDirError(BadInputError, ValueError):
     """``data_dir`` is missing, empty or holds unusable files; the message names the key to change."""
 
 

@@ -7,12 +7,14 @@ import http.client
 import timm
 from torch import Tensor, nn
 
+from contrastlab.errors import BadInputError
 
-class PretrainedWeightsError(OSError):
+
+class PretrainedWeightsError(BadInputError, OSError):
     """``encoder.pretrained=true`` (or ``encoder.checkpoint_path``) found no weights; names the key."""
 
 
-class EncoderInputError(ValueError):
+class EncoderInputError(BadInputError, ValueError):
     """The images do not fit the timm model (too small for its downsampling, or not its fixed size)."""
 
 

@@ -9,11 +9,12 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from contrastlab.errors import BadInputError
 from contrastlab.objectives.grad_cache import GradCache
 from contrastlab.objectives.optim import param_groups, scaled_lr
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(BadInputError, ValueError):
     """A checkpoint written by another objective (the message says which, and what to change)."""
 
 

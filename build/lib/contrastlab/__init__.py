@@ -1,0 +1,3 @@
+"""contrastlab: contrastive representation learning with PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,55 @@
+"""Lightning callbacks that run evaluation during training."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from contrastlab.evaluation.embed_cache import split_embeddings
+from contrastlab.evaluation.knn import knn_accuracy
+
+
+class KNNMonitor(L.Callback):
+    """At every validation: embed the train split (evaluation transform) and the val split with
+    the encoder (not the projection head), and log ``val/knn_top1`` (and top-5) of a weighted kNN.
+
+    The kNN accuracy at initialisation is logged once as ``val/knn_top1_init``. Every rank computes
+    the same numbers on the full sets (no collectives needed); only rank 0's logger writes them.
+    """
+
+    def __init__(self, k: int = 20, temperature: float = 0.07, log_init: bool = True) -> None:
+        self.k, self.temperature, self.log_init = k, temperature, log_init
+        self.init_value: float | None = None
+
+    def compute(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+        # embeddings shared with the other callbacks of this validation (computed once, in eval mode)
+        tr_x, tr_y = split_embeddings(pl_module, datamodule, "train")
+        va_x, va_y = split_embeddings(pl_module, datamodule, "val")
+        return self.score(tr_x, tr_y, va_x, va_y)
+
+    def score(
+        self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor
+    ) -> dict[str, float]:
+        """The logged numbers from already computed embeddings (``contrastlab-eval`` reuses this)."""
+        acc = knn_accuracy(train_x, train_y, val_x, val_y, self.k, self.temperature, top=(1, 5))
+        return {"val/knn_top1": acc[1], "val/knn_top5": acc[5]}
+
+    def _enabled(self, trainer: L.Trainer) -> bool:
+        dm = trainer.datamodule  # type: ignore[attr-defined]
+        return dm is not None and getattr(dm, "has_labels", False) and not trainer.sanity_checking
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.log_init or not self._enabled(trainer) or self.init_value is not None:
+            return
+        if trainer.global_step > 0:  # resumed run: the baseline was logged by the original run
+            return
+        self.init_value = self.compute(pl_module, trainer.datamodule)["val/knn_top1"]  # type: ignore[attr-defined]
+        for lg in trainer.loggers:
+            lg.log_metrics({"val/knn_top1_init": self.init_value}, step=0)
+        trainer.callback_metrics["val/knn_top1_init"] = torch.tensor(self.init_value)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._enabled(trainer):
+            return
+        for name, value in self.compute(pl_module, trainer.datamodule).items():  # type: ignore[attr-defined]
+            pl_module.log(name, value, prog_bar=name.endswith("top1"), sync_dist=False, rank_zero_only=False)

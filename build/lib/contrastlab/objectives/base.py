@@ -1,0 +1,129 @@
+"""The shared base of every objective: optimiser + schedule, embedding hook, config in checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from contrastlab.errors import BadInputError
+from contrastlab.objectives.grad_cache import GradCache
+from contrastlab.objectives.optim import param_groups, scaled_lr
+
+
+class CheckpointMismatchError(BadInputError, ValueError):
+    """A checkpoint written by another objective (the message says which, and what to change)."""
+
+
+class ContrastiveObjective(L.LightningModule):
+    """Base LightningModule.
+
+    Args:
+        encoder: image tower, (B, C, H, W) -> (B, encoder.out_dim); evaluation uses its output.
+        head: projection head on top of the encoder; the loss sees its output.
+        loss: a loss module from :mod:`contrastlab.losses`.
+        negatives: a strategy from :mod:`contrastlab.negatives` (candidate set or miner).
+        optimizer: ``partial`` of a ``torch.optim.Optimizer`` (Hydra ``_partial_: true``).
+        scheduler: ``partial`` taking ``(optimizer, total_steps)``, or None.
+        batch_size: per-process batch size, for learning-rate scaling.
+        lr_scaling: ``none`` | ``linear`` | ``sqrt`` in the global batch
+            (``batch_size * world_size * accumulate_grad_batches``) relative to ``base_batch_size``.
+        grad_cache: ``{"micro_batch_size": m}`` embeds training batches in micro-batches of ``m`` rows
+            with gradient caching (:mod:`contrastlab.objectives.grad_cache`); ``None``/``m=None``: off.
+            Only objectives with ``supports_grad_cache`` accept it.
+        compile_encoder: ``torch.compile`` the towers (``encoder`` and any text towers) in place at fit
+            start (:meth:`configure_model`); state-dict keys are unchanged.
+    """
+
+    #: name written into checkpoints; ``contrastlab-eval`` refuses a checkpoint of another objective.
+    objective_name = "base"
+    #: whether training_step embeds through ``self.grad_cache`` (SimCLR, CLIP, bi-encoder)
+    supports_grad_cache = False
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: nn.Module,
+        loss: nn.Module,
+        negatives: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        batch_size: int = 256,
+        lr_scaling: str = "none",
+        base_batch_size: int = 256,
+        grad_cache: Mapping[str, Any] | GradCache | None = None,
+        compile_encoder: bool = False,
+    ) -> None:
+        super().__init__()
+        self.encoder, self.head, self.loss, self.negatives = encoder, head, loss, negatives
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.batch_size, self.lr_scaling, self.base_batch_size = batch_size, lr_scaling, base_batch_size
+        self.grad_cache = GradCache.from_config(grad_cache)
+        if self.grad_cache.enabled and not self.supports_grad_cache:
+            raise ValueError(
+                f"objective={self.objective_name} does not support gradient caching; "
+                "set objective.grad_cache.micro_batch_size=null."
+            )
+        self.compile_encoder = compile_encoder
+        self.run_config: dict | None = None  # the resolved Hydra config, set by train.py, saved in checkpoints
+
+    # --- embeddings -----------------------------------------------------------------------------
+    def embed(self, x: Tensor) -> Tensor:
+        """Representation used downstream (encoder output, before the head): (B, encoder.out_dim)."""
+        return self.encoder(x)
+
+    def project(self, x: Tensor) -> Tensor:
+        """What the loss sees: head(encoder(x))."""
+        return self.head(self.encoder(x))
+
+    # --- validation: embedding spread (collapse indicator) ----------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        z = torch.nn.functional.normalize(self.embed(batch["image"]).float(), dim=1)
+        self.log("val/embedding_std", z.std(0).mean(), sync_dist=True, batch_size=len(z))
+
+    # --- towers compiled at fit start ---------------------------------------------------------------
+    def compile_targets(self) -> list[nn.Module]:
+        """The towers ``compile_encoder`` compiles: the image encoder and any text towers."""
+        names = ("encoder", "text_encoder", "doc_encoder")
+        return [m for m in (getattr(self, n, None) for n in names) if isinstance(m, nn.Module)]
+
+    def configure_model(self) -> None:
+        if self.compile_encoder:
+            for tower in self.compile_targets():
+                if getattr(tower, "_compiled_call_impl", None) is None:
+                    tower.compile()  # nn.Module.compile: in place, parameter names unchanged
+
+    # --- optimisation -------------------------------------------------------------------------------
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step: ``batch_size * world_size * accumulate_grad_batches``."""
+        if self._trainer is None:
+            return self.batch_size
+        return self.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def configure_optimizers(self) -> Any:
+        base_lr = self.optimizer_factory.keywords.get("lr", 1e-3)  # type: ignore[attr-defined]
+        weight_decay = self.optimizer_factory.keywords.get("weight_decay", 0.0)  # type: ignore[attr-defined]
+        lr = scaled_lr(base_lr, self.global_batch_size(), self.lr_scaling, self.base_batch_size)
+        optimizer = self.optimizer_factory(param_groups(self, weight_decay), lr=lr)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- checkpoints carry the config that built them -----------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["contrastlab"] = {"objective": self.objective_name, "config": self.run_config}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another objective (its weights would not fit, or fit wrongly)."""
+        trained = (checkpoint.get("contrastlab") or {}).get("objective")
+        if trained is not None and trained != self.objective_name:
+            raise CheckpointMismatchError(
+                f"the checkpoint was trained with objective={trained}, but this run is "
+                f"objective={self.objective_name}; pass a {self.objective_name} checkpoint, or set "
+                f"objective={trained} to continue it."
+            )

@@ -1,0 +1,96 @@
+"""Triplet metric learning: a Siamese encoder (shared weights) trained with the triplet margin loss on
+triplets the negatives strategy mines (batch-hard, semi-hard, batch-all, memory bank, ANN-mined)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from contrastlab.objectives.base import ContrastiveObjective
+from contrastlab.objectives.collapse_guard import CollapseGuard
+
+POSITIVES = ("labels", "views")
+
+
+class Triplet(ContrastiveObjective):
+    """``z = head(encoder(x))`` for every view of every item (V*B rows, one forward pass). Targets
+    decide positives: class labels (``positives="labels"``, supervised metric learning) or image ids
+    (``positives="views"``: the other augmented views of the same image, self-supervised). The
+    strategy builds the candidate keys, the loss computes one distance matrix, the strategy mines on
+    it (without gradients) and the loss scores the mined triplets on it (with gradients).
+
+    Args:
+        positives: ``labels`` or ``views``.
+        collapse_threshold: warn once when the epoch's embedding spread falls below it (None: never).
+    """
+
+    objective_name = "triplet"
+    consumes = "triplets"
+
+    def __init__(
+        self, *args: Any, positives: str = "labels", collapse_threshold: float | None = 0.02, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if positives not in POSITIVES:
+            raise ValueError(f"objective.positives must be one of {', '.join(POSITIVES)}, got '{positives}'.")
+        if not hasattr(self.negatives, "mine"):
+            raise ValueError(
+                f"objective=triplet needs a mining sampler, got {type(self.negatives).__name__}; "
+                "set sampler=semi_hard (or batch_hard, batch_all, memory_bank, ann_mined)."
+            )
+        if not hasattr(self.loss, "from_distances"):
+            raise ValueError(f"objective=triplet needs loss=triplet, got {type(self.loss).__name__}.")
+        self.positives = positives
+        self.collapse_guard = CollapseGuard(collapse_threshold)
+        if hasattr(self.negatives, "bind"):  # e.g. a momentum key encoder copies (encoder, head)
+            self.negatives.bind(self.encoder, self.head)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None:
+            return
+        if self.positives == "labels" and not getattr(dm, "has_labels", True):
+            raise ValueError(
+                f"objective.positives=labels but {type(dm).__name__} has no labels; "
+                "set objective.positives=views (positives from augmented views) or use labelled data."
+            )
+        if self.positives == "views" and getattr(dm, "views", 2) < 2:
+            raise ValueError(f"objective.positives=views needs data.views >= 2, got {dm.views}; set data.views=2.")
+        if hasattr(self.negatives, "attach"):  # e.g. ANN mining serves negatives through the datamodule
+            self.negatives.attach(dm, self.positives)
+
+    def _strategy_hook(self, name: str) -> None:
+        hook = getattr(self.negatives, name, None)
+        stats = hook(self) if hook is not None else None
+        if stats and self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({f"train/{k}": v for k, v in stats.items()}, step=self.global_step)
+
+    def on_fit_start(self) -> None:
+        self._strategy_hook("on_fit_start")
+
+    def on_train_epoch_start(self) -> None:
+        self._strategy_hook("on_train_epoch_start")
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        views = list(batch["views"])
+        z = self.project(torch.cat(views))
+        ids, labels = batch["index"].repeat(len(views)), batch["label"].repeat(len(views))
+        cands = self.negatives.candidates(z, ids, labels, self.positives, batch, self.project)
+        dist = self.loss.distances(cands.queries, cands.keys)
+        mined = self.negatives.mine(dist.detach(), cands, self.loss.margin)
+        loss = self.loss.from_distances(dist, **mined.loss_kwargs())
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_dict({f"train/mining/{k}": v.float() for k, v in mined.stats.items()}, sync_dist=True)
+        self.log("train/num_candidates", float(cands.keys.shape[0]))
+        self.collapse_guard.update(z)
+        if hasattr(self.negatives, "update"):  # e.g. the memory bank enqueues this batch
+            self.negatives.update(z.detach(), batch)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        spread = self.collapse_guard.epoch_end()
+        if spread is not None:
+            self.log("train/embedding_spread", spread, sync_dist=True)

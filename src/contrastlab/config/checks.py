@@ -1,0 +1,216 @@
+"""Start-up validation: incompatible choices fail before any data is loaded or process spawned,
+with one sentence that names the override to change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from contrastlab.config import values
+from contrastlab.config.values import world_size as _world
+from contrastlab.errors import ConfigError
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first problem found."""
+
+    # light checks first (no torch / Lightning import; unresolvable keys are skipped, not reported)
+    values.check_values(cfg)  # required keys; numbers in range (loss.temperature > 0, ...)
+    data = cfg.get("data") or {}
+    if int(data.get("batch_size", 2)) < 2:
+        raise ConfigError(
+            f"data.batch_size={data.batch_size} leaves no in-batch negatives; set data.batch_size to at least 2."
+        )
+    check_data_dir(data)
+    values.check_tables(cfg)  # data.path / val_path tables exist, with the named columns
+    values.check_distributed(cfg)  # cross-rank gather needs data.drop_last=true
+    values.check_grad_cache(cfg)  # micro-batch divides the batch
+    check_two_towers(cfg)  # before check_negatives: a text-only dataset leaves image keys unresolvable
+    check_negatives(cfg)
+    check_sync_batchnorm(cfg)
+    check_gpus(cfg.get("trainer") or {})
+
+
+def check_gpus(trainer: DictConfig | dict) -> None:
+    """A GPU trainer (``trainer=gpu|ddp``) needs CUDA GPUs on this node, at least ``trainer.devices`` of
+    them (devices are per node). Under torchrun each process may see only its own GPU, which Lightning
+    accepts, and so do we."""
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    from contrastlab import distributed
+
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here; "
+            "set trainer=cpu (or trainer=ddp_cpu for the multi-process code path on CPU)."
+        )
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, int) and devices > visible and not distributed.launched_by_torchrun():
+        raise ConfigError(
+            f"trainer.devices={devices} but this node has {visible} visible GPU(s); set trainer.devices={visible} "
+            "(devices count per node; add nodes with trainer.num_nodes)."
+        )
+
+
+def check_data_dir(data: DictConfig | dict) -> None:
+    """A dataset read from ``data.data_dir`` (set, not null) without ``data.download=true`` needs that
+    folder to exist and not be empty. (Datasets that read no files keep ``data_dir: null``.)"""
+    data_dir = data.get("data_dir")
+    if data_dir is None or bool(data.get("download", False)):
+        return
+    root = Path(str(data_dir)).expanduser()
+    can_download = "download" in data
+    fetch = ", or set data.download=true to fetch the dataset" if can_download else ""
+    if not root.is_dir():
+        why = " and data.download=false" if can_download else ""
+        raise ConfigError(
+            f"data.data_dir={root} does not exist{why}; set data.data_dir to the dataset's folder{fetch}."
+        )
+    if next(root.iterdir(), None) is None:
+        raise ConfigError(f"data.data_dir={root} is an empty folder; set data.data_dir to the dataset's folder{fetch}.")
+
+
+def _choice(cfg: DictConfig, group: str) -> str:
+    """The group option as typed (``sampler=semi_hard``), or its class name outside a Hydra run."""
+    try:
+        return str(HydraConfig.get().runtime.choices[group])
+    except (ValueError, KeyError, AttributeError):
+        return str(cfg[group].get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def _cls(node: Any) -> type | None:
+    target = node.get("_target_") if node is not None else None
+    try:
+        return get_class(target) if target else None
+    except Exception:  # an unknown target fails with Hydra's own message at instantiation
+        return None
+
+
+def check_negatives(cfg: DictConfig) -> None:
+    """Objective x sampler x loss x data combinations of the triplet / memory-bank / ANN strategies."""
+    objective, sampler, loss = (cfg.get(k) or {} for k in ("objective", "sampler", "loss"))
+    data, trainer = cfg.get("data") or {}, cfg.get("trainer") or {}
+    obj_cls, sampler_cls, loss_cls = _cls(objective), _cls(sampler), _cls(loss)
+    consumes = getattr(obj_cls, "consumes", None)  # "candidates" (InfoNCE) or "triplets"
+    obj, smp = _choice(cfg, "objective"), _choice(cfg, "sampler")
+    if float(loss.get("margin", 0.0) or 0.0) < 0:
+        raise ConfigError(f"loss.margin must be >= 0, got {loss.margin}; set e.g. loss.margin=0.2.")
+    if consumes is None or sampler_cls is None:
+        return
+    serves = getattr(sampler_cls, "serves", ("candidates",))
+    if consumes not in serves:
+        triplet_fix = "semi_hard (or batch_hard, batch_all, memory_bank, ann_mined)"
+        fix = triplet_fix if consumes == "triplets" else "in_batch (or memory_bank)"
+        raise ConfigError(f"sampler={smp} does not serve objective={obj} ({consumes}); set sampler={fix}.")
+    if loss_cls is not None and getattr(loss_cls, "consumes", "candidates") != consumes:
+        fix = "triplet" if consumes == "triplets" else "nt_xent (or info_nce)"
+        raise ConfigError(f"loss={_choice(cfg, 'loss')} does not fit objective={obj}; set loss={fix}.")
+    views = int(data.get("views", 2) or 2)
+    strategy = sampler.get("strategy", sampler.get("mining"))
+    if consumes == "triplets":
+        positives = objective.get("positives", "labels")
+        if positives == "labels" and not getattr(get_class(data._target_), "has_labels", True):
+            raise ConfigError(
+                f"objective.positives=labels but data={_choice(cfg, 'data')} has no labels; "
+                "set objective.positives=views."
+            )
+        if positives == "views" and views < 2:
+            raise ConfigError(f"objective.positives=views needs two views per item, got {views}; set data.views=2.")
+        pk = data.get("batch_sampler")
+        if positives == "labels" and pk is not None and int(pk.get("k", 2)) < 2:
+            raise ConfigError(
+                f"data.batch_sampler.k={pk.k} puts one item per class in a batch, so sampler={smp} finds no "
+                "positive; set data.batch_sampler.k to at least 2 (or objective.positives=views)."
+            )
+        if bool(loss.get("soft_margin", False)) and strategy == "batch_all":
+            raise ConfigError(
+                "loss.soft_margin=true with batch-all mining would score all O(N^3) triplets; "
+                "set loss.soft_margin=false or sampler=batch_hard."
+            )
+    if "size" in sampler and hasattr(sampler_cls, "enqueue"):
+        rows = int(data.get("batch_size", 1)) * (views if consumes == "triplets" else 2) * _world(trainer)
+        if int(sampler.size) < rows:
+            raise ConfigError(
+                f"sampler.size={sampler.size} is smaller than the {rows} rows enqueued per step "
+                f"(data.batch_size x views x devices); set sampler.size to at least {rows}."
+            )
+    if "rank_max" in sampler and not 1 <= int(sampler.rank_min) <= int(sampler.rank_max):
+        raise ConfigError(
+            f"sampler.rank_min={sampler.rank_min} and sampler.rank_max={sampler.rank_max} must satisfy "
+            "1 <= rank_min <= rank_max; set them to a window of neighbour ranks such as 3 and 30."
+        )
+
+
+def check_two_towers(cfg: DictConfig) -> None:
+    """Two-tower objectives (CLIP, text bi-encoder) against data, loss, sampler, towers and callbacks,
+    and image–caption / text-pair data against the other objectives."""
+    from contrastlab.evaluation.collapse import CollapseMonitor
+    from contrastlab.evaluation.plot_callback import EmbeddingPlotCallback
+    from contrastlab.negatives.in_batch import InBatch
+    from contrastlab.objectives.biencoder import BiEncoder
+    from contrastlab.objectives.clip import CLIP, DualEncoderObjective
+
+    obj_cls, data_cls = _cls(cfg.get("objective")), _cls(cfg.get("data"))
+    loss_cls, sampler_cls = _cls(cfg.get("loss")), _cls(cfg.get("sampler"))
+    if obj_cls is None or data_cls is None:
+        return
+    obj, dat = _choice(cfg, "objective"), _choice(cfg, "data")
+    text_pairs = bool(getattr(data_cls, "has_text_pairs", False))
+    images = bool(getattr(data_cls, "has_images", True))
+    captions = bool(getattr(data_cls, "has_captions", False)) and images
+    if not issubclass(obj_cls, DualEncoderObjective):
+        if text_pairs:
+            raise ConfigError(
+                f"data={dat} holds text pairs, which objective={obj} cannot train on; set objective=biencoder."
+            )
+        if captions:
+            raise ConfigError(
+                f"data={dat} serves image–caption pairs, which objective={obj} cannot train on; set objective=clip."
+            )
+        return
+    if issubclass(obj_cls, CLIP) and not captions:
+        raise ConfigError(
+            f"objective={obj} trains on image–caption pairs and data={dat} has no captions; "
+            "set data=shapes_captions (or data=image_text_csv data.path=<your table>)."
+        )
+    if issubclass(obj_cls, BiEncoder) and not text_pairs:
+        raise ConfigError(f"objective={obj} trains on text pairs and data={dat} has none; set data=text_pairs.")
+    if issubclass(obj_cls, CLIP) and cfg.get("encoder") is None:
+        raise ConfigError(f"objective={obj} needs an image tower; set encoder=small_cnn (or encoder=timm).")
+    if cfg.get("text_encoder") is None:
+        raise ConfigError(f"objective={obj} needs a text tower; set text_encoder=transformer (or text_encoder=hf).")
+    if loss_cls is None or getattr(loss_cls, "consumes", None) != "pairs":
+        raise ConfigError(
+            f"objective={obj} scores matched pairs and loss={_choice(cfg, 'loss')} does not; "
+            "set loss=clip (or loss=siglip)."
+        )
+    if sampler_cls is not None and not issubclass(sampler_cls, InBatch):
+        raise ConfigError(f"objective={obj} takes its negatives from the batch; set sampler=in_batch.")
+    if not images:  # these callbacks embed validation images
+        for name, cb in (cfg.get("callbacks") or {}).items():
+            cb_cls = _cls(cb)
+            if cb_cls is not None and issubclass(cb_cls, CollapseMonitor | EmbeddingPlotCallback):
+                raise ConfigError(f"callbacks.{name} embeds images and data={dat} has none; set callbacks.{name}=null.")
+
+
+def check_sync_batchnorm(cfg: DictConfig) -> None:
+    """``trainer.sync_batchnorm=true`` under DDP turns every BatchNorm into torch's SyncBatchNorm,
+    which has no CPU implementation (it fails in the first training step on CPU tensors)."""
+    trainer = cfg.get("trainer") or {}
+    if not bool(trainer.get("sync_batchnorm", False)) or str(trainer.get("accelerator", "")) != "cpu":
+        return
+    strategy = trainer.get("strategy")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "")
+    if _world(trainer) > 1 or "ddp" in target.lower():
+        raise ConfigError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); "
+            "set trainer.sync_batchnorm=false on CPU (or trainer=ddp on GPUs)."
+        )

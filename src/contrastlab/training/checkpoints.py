@@ -1,0 +1,142 @@
+"""Load a checkpoint written by ``contrastlab-train`` back into its objective and datamodule.
+
+Checkpoints carry ``checkpoint["contrastlab"] = {"objective": name, "config": <resolved run config>}``
+(see :meth:`contrastlab.objectives.base.ContrastiveObjective.on_save_checkpoint`); the objective and
+datamodule are rebuilt from that config with :mod:`contrastlab.config.build` and the weights restored.
+Files are read with ``torch.load(weights_only=True)``: no pickled code runs unless the user says
+they trust the file (``trust_checkpoint=true``).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from contrastlab.config import build
+from contrastlab.config.checks import ConfigError
+from contrastlab.data.base import ContrastiveDataModule
+from contrastlab.objectives.base import ContrastiveObjective
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: ContrastiveObjective  # in eval mode, on ``device``
+    datamodule: ContrastiveDataModule  # set up
+    config: DictConfig  # the run's resolved config (with any data overrides applied)
+    objective: str
+    path: Path
+    raw: dict[str, Any]  # the checkpoint dict as loaded
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir_of(self.path)
+
+    @property
+    def global_step(self) -> int:
+        return int(self.raw.get("global_step", 0))
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """``<run>/checkpoints/x.ckpt`` -> ``<run>``; any other checkpoint -> its folder."""
+    p = Path(ckpt_path).resolve()
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+
+
+def run_overrides(run_dir: str | Path) -> list[str]:
+    """The run's command-line overrides from ``<run>/.hydra/overrides.yaml`` ([] when absent)."""
+    f = Path(run_dir) / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(f)] if f.exists() else []  # type: ignore[union-attr]
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` (CUDA when available, else CPU) or any torch device string."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def read_checkpoint(path: str | Path | None, trust: bool = False, key: str = "ckpt_path") -> dict[str, Any]:
+    """The checkpoint dict, with clear errors for a missing path, a missing file or a foreign file."""
+    if path in (None, "", "???"):
+        raise ConfigError(f"{key}= is required: e.g. {key}=outputs/simclr/runs/<run>/checkpoints/last.ckpt")
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{key}={path} does not exist; pass a checkpoint file written by contrastlab-train")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        why = str(e).splitlines()[0]
+        raise ConfigError(
+            f"{key}={path} holds pickled objects that weights_only loading refuses ({why}); "
+            "if you trust this file, add trust_checkpoint=true"
+        ) from e
+    if not isinstance(ckpt, dict) or "contrastlab" not in ckpt or "state_dict" not in ckpt:
+        raise ConfigError(
+            f"{key}={path} is not a contrastlab checkpoint (no 'contrastlab' entry); "
+            "pass one written by contrastlab-train"
+        )
+    return ckpt
+
+
+def load_checkpoint(
+    path: str | Path | None,
+    expect_objective: str | None = None,
+    data: DictConfig | dict | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    device: str | torch.device | None = "auto",
+    trust: bool = False,
+    random_init: bool = False,
+    init_seed: int | None = None,
+) -> LoadedCheckpoint:
+    """Rebuild the objective and datamodule of ``path`` and restore the weights.
+
+    Args:
+        expect_objective: refuse a checkpoint of another objective (e.g. ``clip``).
+        data: a ``data`` config replacing the run's (another dataset or split settings).
+        batch_size, num_workers: evaluation loader settings (results do not depend on them).
+        device: ``auto``, ``cpu``, ``cuda:0``, ...
+        trust: allow pickled objects (``torch.load(weights_only=False)``).
+        random_init: keep the freshly built weights instead of the checkpoint's: the same architecture
+            at initialisation, the baseline of every metric. They are drawn as ``contrastlab-train``
+            draws them (``seed_everything(init_seed)``, then datamodule, then objective), so with the
+            run's seed (``init_seed=None``) they are the run's initial weights.
+    """
+    ckpt = read_checkpoint(path, trust)
+    meta = ckpt["contrastlab"]
+    objective = str(meta.get("objective"))
+    if expect_objective and objective != expect_objective:
+        raise ConfigError(
+            f"ckpt_path={path} was trained with objective={objective}, not {expect_objective}; "
+            f"pass a {expect_objective} checkpoint or drop expect_objective={expect_objective}"
+        )
+    if meta.get("config") is None:
+        raise ConfigError(f"ckpt_path={path} carries no run config; it was not written by contrastlab-train")
+    cfg = OmegaConf.create(meta["config"])
+    if data is not None:
+        cfg.data = OmegaConf.create(
+            OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else data
+        )
+    if batch_size is not None:
+        cfg.data.batch_size = int(batch_size)
+    if num_workers is not None:
+        cfg.data.num_workers = int(num_workers)
+    if random_init:
+        L.seed_everything(int(cfg.get("seed", 0) if init_seed is None else init_seed), workers=True, verbose=False)
+    datamodule = build.build_datamodule(cfg)
+    model = build.build_objective(cfg)
+    if not random_init:
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(ckpt["state_dict"])
+    dm_state = ckpt.get(type(datamodule).__qualname__)
+    if dm_state:
+        datamodule.load_state_dict(dm_state)
+    datamodule.setup("validate")
+    model.to(resolve_device(device) if not isinstance(device, torch.device) else device).eval()
+    return LoadedCheckpoint(model, datamodule, cfg, objective, Path(str(path)), ckpt)

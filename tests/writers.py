@@ -1,0 +1,123 @@
+"""Test-data writers shared by several test files: small files in the real formats (CIFAR-10 batches, an
+image folder, a caption table, a tiny BERT saved as a sentence-transformers/HF folder)."""
+
+from __future__ import annotations
+
+import csv
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+IMAGE_FOLDER_COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "owl": (30, 30, 200)}
+CAPTION_COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 230)}
+CAPTION_SHAPES = ("square", "circle")
+
+
+def _images(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """(n, size, size, 3) uint8, HWC as torchvision returns them."""
+    return rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+def _pickle(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def _cifar_batch(images: np.ndarray, labels: list[int], label_key: str, name: str) -> dict:
+    # rows: 1024 red, 1024 green, 1024 blue values, each plane row-major
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), 3 * 32 * 32)
+    filenames = [f"{i}.png" for i in range(len(images))]
+    return {"batch_label": name, label_key: labels, "data": data, "filenames": filenames}
+
+
+def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    """``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``; returns images and labels."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = _images(rng, 5 * per_batch, 32), rng.integers(0, 10, 5 * per_batch)
+    for k in range(5):
+        sl = slice(k * per_batch, (k + 1) * per_batch)
+        batch = _cifar_batch(train_x[sl], train_y[sl].tolist(), "labels", f"training batch {k + 1} of 5")
+        _pickle(folder / f"data_batch_{k + 1}", batch)
+    test_x, test_y = _images(rng, n_test, 32), rng.integers(0, 10, n_test)
+    _pickle(folder / "test_batch", _cifar_batch(test_x, test_y.tolist(), "labels", "testing batch 1 of 1"))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    meta = {"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}
+    _pickle(folder / "batches.meta", meta)
+    return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+
+
+def write_image_folder(
+    root: Path, classes: dict[str, int] | None = None, flat: int = 0, corrupt: tuple[str, ...] = ()
+) -> Path:
+    """Solid-colour images of varied sizes and formats: ``classes`` = {name: count} sub-folders, or
+    ``flat`` images directly in ``root``; ``corrupt`` = relative paths of files with broken contents."""
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = [(40, 30), (24, 50), (33, 33)]
+    for name, count in (classes or {}).items():
+        (root / name).mkdir(exist_ok=True)
+        for i in range(count):
+            ext = ("png", "jpg", "bmp")[i % 3]
+            Image.new("RGB", sizes[i % 3], IMAGE_FOLDER_COLOURS[name]).save(root / name / f"{i:03d}.{ext}")
+    for i in range(flat):
+        colour = (10 * (i % 25), 128, 255 - 10 * (i % 25))
+        Image.new("RGB", sizes[i % 3], colour).save(root / f"img{i:03d}.png")
+    for rel in corrupt:
+        path = root / rel
+        if path.suffix == ".png":  # a real PNG cut in half: the header parses, decoding fails
+            Image.new("RGB", (32, 32), (1, 2, 3)).save(path)
+            path.write_bytes(path.read_bytes()[:60])
+        else:
+            path.write_bytes(b"\xff\xd8\xff this is not a JPEG")
+    return root
+
+
+def write_image_text_csv(root: Path, n_images: int = 36, labelled: bool = False) -> Path:
+    """PNG files of coloured shapes and a CSV with 1–3 captions per image (one row per caption)."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n_images):
+        colour, shape = list(CAPTION_COLOURS)[i % 3], CAPTION_SHAPES[(i // 3) % 2]
+        img = Image.new("RGB", (40, 30), (90, 90, 90))
+        box = (8 + i % 5, 6, 28 + i % 5, 26)
+        draw = ImageDraw.Draw(img)
+        (draw.rectangle if shape == "square" else draw.ellipse)(box, fill=CAPTION_COLOURS[colour])
+        name = f"images/{i:03d}.png"
+        img.save(root / name)
+        caps = [f"a {colour} {shape}, picture {i}", f"picture {i}: a {shape} in {colour}", f"one {colour} {shape}"]
+        caps = caps[: 1 + i % 3]
+        rows += [{"filepath": name, "caption": c, "shape": shape} for c in caps]
+    path = root / "captions.csv"
+    with open(path, "w", newline="") as fh:
+        fields = ["filepath", "caption"] + (["shape"] if labelled else [])
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_tiny_bert(root: Path, texts: list[str], hidden: int = 24, intermediate: int = 32) -> Path:
+    """A randomly initialised (seed 0) 1-layer BERT and a WordPiece vocabulary of ``texts``' words, saved
+    into ``root`` the way a hub download is laid out."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True).save_pretrained(root)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=intermediate,
+    )
+    BertModel(config).save_pretrained(root)
+    return root
