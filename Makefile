@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# torch/torchvision pinned to the builds that lie on this workplace's disk (see DEVELOPERS.md);
+# torch/torchvision pinned to known-good builds (override: make TORCH_PIN="torch==X torchvision==Y");
 # pyproject's ranges admit them and anything newer elsewhere.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
@@ -30,10 +30,13 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=20
 test: lint
 	OMP_NUM_THREADS=1 $(BIN)/pytest tests $(PYTEST_ARGS)
 
-# style: ruff's lint rules and its formatter (fix with: .venv/bin/ruff format src tests benchmarks)
+# style (ruff's rules and formatter; fix with: .venv/bin/ruff format src tests benchmarks), the layer contract
+# of docs/architecture.md (import-linter) and declared = imported dependencies (deptry)
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/deptry src
 
 bench: setup
 	$(BIN)/python benchmarks/loss_speed.py

@@ -163,7 +163,7 @@ def test_the_command_exits_2_in_a_separate_process(tmp_path: Path, args: list[st
 def test_eval_embed_and_search_exit_2_with_one_line(tmp_path: Path, module: str, args: list[str], expected: str):
     """The other commands share contrastlab-train's error boundary (cli_errors.run_main)."""
     proc = subprocess.run(
-        [sys.executable, "-m", f"contrastlab.{module}", *args],
+        [sys.executable, "-m", f"contrastlab.cli.{module}", *args],
         capture_output=True,
         text=True,
         env=cli_env(tmp_path),

@@ -1,3 +1,0 @@
-"""contrastlab: contrastive representation learning with PyTorch Lightning and Hydra."""
-
-__version__ = "0.1.0"

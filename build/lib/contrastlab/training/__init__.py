@@ -1,1 +1,0 @@
-"""Run machinery: fitting a run, checkpoints and resume, non-finite and pre-emption guards, data order, run files."""

@@ -1,0 +1,1 @@
+"""Export trained checkpoints to the formats the serving tools load."""
