@@ -266,8 +266,11 @@ def find_callback(trainer: L.Trainer, cls: type) -> Any:
 
 
 def run_callbacks() -> list[L.Callback]:
-    """The callbacks every training run gets, whatever the ``callbacks`` group says."""
-    return [PreemptionCheckpoint()]
+    """The callbacks every training run gets, whatever the ``callbacks`` group says: the SIGTERM checkpoint and
+    the final validation pass (:class:`~contrastlab.training.final_validation.FinalValidation`)."""
+    from contrastlab.training.final_validation import FinalValidation
+
+    return [PreemptionCheckpoint(), FinalValidation()]
 
 
 def trainer_plugins(trainer_cfg: Any) -> list[Any]:
