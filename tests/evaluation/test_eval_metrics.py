@@ -64,6 +64,25 @@ def test_linear_probe_protocol() -> None:
     assert "holdout_top1" not in single and single["weight_decay"] == 1e-3
 
 
+def test_linear_probe_scores_the_test_split_not_its_training_split() -> None:
+    """Train features are separable; a third of the test labels are reassigned at random, so the probe's test
+    top-1 is far below its training top-1. The reported top-1 must be sklearn's on the test split."""
+    x, y = make_blobs(n_samples=600, centers=3, n_features=6, cluster_std=1.0, random_state=3)
+    x, y = torch.tensor(x, dtype=torch.float64), torch.tensor(y)
+    g = torch.Generator().manual_seed(0)
+    y_test = y[400:].clone()
+    noisy = torch.rand(len(y_test), generator=g) < 1 / 3
+    y_test[noisy] = torch.randint(0, 3, (int(noisy.sum()),), generator=g)
+    out = linear_probe(x[:400], y[:400], x[400:], y_test, weight_decays=(1e-3,))
+    mean, std = x[:400].mean(0), x[:400].std(0)
+    sk = LogisticRegression(C=1 / (1e-3 * 400), tol=1e-10, max_iter=10000)
+    sk.fit(((x[:400] - mean) / std).numpy(), y[:400].numpy())
+    test_ref = float((sk.predict(((x[400:] - mean) / std).numpy()) == y_test.numpy()).mean())
+    train_ref = float((sk.predict(((x[:400] - mean) / std).numpy()) == y[:400].numpy()).mean())
+    assert train_ref - test_ref > 0.15  # the two splits really differ: a probe scored on its training split fails
+    assert out["top1"] == pytest.approx(test_ref, abs=1 / 200)
+
+
 def test_linear_probe_on_random_features_is_near_chance() -> None:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(600, 16, generator=g), torch.randint(0, 5, (600,), generator=g)

@@ -174,11 +174,16 @@ class NonFiniteGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        flags = [] if self._bad_loss is None else [self._bad_loss.reshape(())]
-        if self.check_gradients and getattr(trainer.precision_plugin, "scaler", None) is None:
-            flags += [~torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        flag = None if self._bad_loss is None else self._bad_loss.reshape(())
+        grads = [p.grad for p in params if p.grad is not None]
+        if self.check_gradients and grads and getattr(trainer.precision_plugin, "scaler", None) is None:
+            # one fused pass over every gradient (as AMP's scaler does): the sum of the per-tensor norms is
+            # finite exactly when every entry is; float32 norms so that large finite bf16 gradients pass
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+            bad_grad = ~torch.isfinite(torch.stack([n.to(norms[0].device) for n in norms]).sum())
+            flag = bad_grad if flag is None else flag | bad_grad.to(flag.device)
         self._bad_loss = None
-        bad = bool(torch.stack([f.to("cpu") for f in flags]).any()) if flags else False
+        bad = bool(flag) if flag is not None else False  # the step's one host synchronisation
         bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
         if not bad:
             self.consecutive, self._buffers = 0, None
