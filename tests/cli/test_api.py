@@ -63,7 +63,9 @@ def api_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_train_writes_a_run_directory_like_the_cli(api_run: tuple[Path, dict]) -> None:
     run_dir, metrics = api_run
     assert metrics == json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["trainer/global_step"] == 3 and 0.0 <= metrics["val/knn_top1"] <= 1.0
+    assert (
+        metrics["trainer/global_step"] == 3 and metrics["val/knn_top1"] > 0.5
+    )  # chance is 0.1 on digits: a monitor with misaligned labels or features misses this
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "csv" / "metrics.csv").is_file()
     assert OmegaConf.load(run_dir / ".hydra" / "overrides.yaml") == [*TINY, "loss.temperature=0.2"]

@@ -21,7 +21,7 @@ def test_labelled_image_folder_run(tmp_path: Path) -> None:
     )
     m = run.metrics
     assert m["trainer/global_step"] == 1  # 45 training images, batches of 32, drop_last
-    assert 0.0 <= m["val/knn_top1"] <= 1.0 and "val/knn_top1_init" in m
+    assert m["val/knn_top1"] >= 0.9 and "val/knn_top1_init" in m  # one solid colour per class: near-perfect kNN
     assert m["data/skipped_images"] == 0
     assert (run.run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run.run_dir / "checkpoints" / "best.ckpt").is_file()  # monitored on val/knn_top1

@@ -334,7 +334,9 @@ def test_pretrained_convnext_run_from_the_offline_cache(
     run = train_run(tmp_path, *HUB_COMMAND, *TINY, "data.image_size=32")
     m = run.metrics
     assert m["trainer/global_step"] == 3  # debug=fast: three batches
-    assert 0.0 <= m["val/knn_top1"] <= 1.0 and "val/knn_top1_init" in m
+    assert (
+        m["val/knn_top1"] > 0.5 and "val/knn_top1_init" in m
+    )  # chance is 0.1 on digits: a monitor with misaligned labels or features misses this
     # the run started from the cached weights: after 3 AdamW steps at lr <= 2e-3 every weight is within
     # ~3 * 2e-3 of its start, while the file's stem is ~0.2 away from any fresh initialisation
     state = torch.load(run.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

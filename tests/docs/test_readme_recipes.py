@@ -102,7 +102,7 @@ def test_worked_example_trains_from_its_own_folder(tmp_path: Path) -> None:
     }
     m = run.metrics
     assert m["trainer/global_step"] == 3 and torch.isfinite(torch.tensor(m["train/loss"]))
-    assert 0.0 <= m["val/knn_top1"] <= 1.0
+    assert m["val/knn_top1"] > 0.5  # chance is 0.1 on digits: a monitor with misaligned labels or features misses this
 
 
 # --- Quick start: make train passes ARGS through --------------------------------------------------------
@@ -153,7 +153,9 @@ def test_triplet_digits_recipe(tmp_path: Path) -> None:
     assert cfg["objective"]["_target_"].endswith("Triplet") and cfg["sampler"]["strategy"] == "semi_hard"
     assert cfg["data"]["batch_sampler"]["k"] == 16
     m = run.metrics
-    assert m["trainer/global_step"] == 3 and 0.0 <= m["val/knn_top1"] <= 1.0
+    assert (
+        m["trainer/global_step"] == 3 and m["val/knn_top1"] > 0.5
+    )  # chance is 0.1 on digits: a monitor with misaligned labels or features misses this
     assert any(k.startswith("train/mining/") for k in m)
 
 

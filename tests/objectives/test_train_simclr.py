@@ -15,7 +15,9 @@ def _expect_run_dir(run) -> None:
     assert (run.run_dir / "checkpoints" / "last.ckpt").is_file()
     m = run.metrics
     assert m["trainer/global_step"] == 3
-    assert 0.0 <= m["val/knn_top1"] <= 1.0 and "val/knn_top1_init" in m
+    assert (
+        m["val/knn_top1"] > 0.5 and m["val/knn_top1_init"] > 0.5
+    )  # chance is 0.1 on digits: a monitor with misaligned labels or features misses this
 
 
 def test_default_config_composes_with_targets() -> None:
@@ -37,7 +39,7 @@ def test_default_config_composes_with_targets() -> None:
         assert "_target_" in cfg[group], group
     assert cfg.data._target_.endswith("DigitsDataModule")
     assert cfg.objective._target_.endswith("SimCLR")
-    assert cfg.logger._target_.endswith("wandb_logger")
+    assert cfg.logger._target_.endswith("WandbRunLogger")
     assert OmegaConf.select(cfg, "encoder.in_chans") == 1
 
 

@@ -31,7 +31,9 @@ def test_every_sampler_trains_the_triplet_objective(tmp_path):
     for job, name in enumerate(TRIPLET_SAMPLERS):  # jobs are numbered in the order of the sweep
         assert f"sampler={name}" in (sweep / str(job) / ".hydra" / "overrides.yaml").read_text()
         metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
-        assert 0.0 <= metrics["val/knn_top1"] <= 1.0, name
+        assert metrics["val/knn_top1"] > 0.5, (
+            name
+        )  # chance is 0.1 on digits: a monitor with misaligned labels or features misses this
         assert metrics["train/mining/num_triplets"] > 0, name
         assert metrics["train/embedding_spread"] > 0, name
 
@@ -40,6 +42,8 @@ def test_every_sampler_trains_the_triplet_objective(tmp_path):
 def test_simclr_with_a_momentum_memory_bank(train):
     run = train("objective=simclr", "sampler=memory_bank", "sampler.momentum=0.9", "debug=fast")
     metrics = run.metrics
-    assert 0.0 <= metrics["val/knn_top1"] <= 1.0
+    assert (
+        metrics["val/knn_top1"] > 0.5
+    )  # chance is 0.1 on digits: a monitor with misaligned labels or features misses this
     # after 3 steps of 32 items x 2 views the keys are this batch (64) + the 2 queued batches (128)
     assert metrics["train/num_candidates"] == 64 + 128
