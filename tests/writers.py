@@ -121,3 +121,79 @@ def write_tiny_bert(root: Path, texts: list[str], hidden: int = 24, intermediate
     )
     BertModel(config).save_pretrained(root)
     return root
+
+
+def write_tiny_sentence_transformer(
+    root: Path,
+    texts: list[str],
+    pooling: str = "mean",
+    dense: int | None = None,
+    normalize: bool = True,
+    max_seq_length: int = 16,
+) -> Path:
+    """A tiny random BERT (:func:`write_tiny_bert`) built into a sentence-transformers model with
+    sentence-transformers' own classes (Transformer -> Pooling(``pooling``) -> [Dense(``dense``, tanh)] ->
+    [Normalize]) and saved with ``SentenceTransformer.save`` into ``root``: a folder laid out as the hub's."""
+    try:  # sentence-transformers >= 5.4 moved the modules; the old path still imports, with a warning
+        from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+    from sentence_transformers import SentenceTransformer
+
+    bert = write_tiny_bert(root.parent / f"{root.name}_bert", texts)
+    transformer = Transformer(str(bert), max_seq_length=max_seq_length)
+    pool = Pooling(transformer.auto_model.config.hidden_size, pooling_mode=pooling)
+    modules = [transformer, pool]
+    if dense is not None:
+        torch.manual_seed(1)
+        modules.append(Dense(pool.pooling_output_dimension, dense))
+    if normalize:
+        modules.append(Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(root))
+    return root
+
+
+def write_beir(root: Path, dev: bool = False) -> Path:
+    """A tiny retrieval dataset in the BEIR layout: 30 documents ``d0..d29`` (plus ``q3``, a document with a query's
+    id), queries ``q0..q11``; ``qrels/train.tsv``: ``q0..q7`` -> ``d{j}`` and ``d{j+10}`` (grade 1);
+    ``qrels/test.tsv``: graded judgments of ``q8..q11`` (``q10`` has only a grade-0 one); ``dev``: also
+    ``qrels/dev.tsv`` (``q9`` -> ``d19``)."""
+    import json
+
+    (root / "qrels").mkdir(parents=True, exist_ok=True)
+    docs = [{"_id": f"d{i}", "title": f"topic{i % 6}", "text": f"doc{i} alpha{i % 5} beta{i % 7}"} for i in range(30)]
+    docs.append({"_id": "q3", "title": "", "text": "question3 itself"})
+    queries = [{"_id": f"q{j}", "text": f"question{j} on alpha{j % 5} beta{j % 7}"} for j in range(12)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    train = [(f"q{j}", f"d{d}", 1) for j in range(8) for d in (j, j + 10)]
+    test = [("q8", "d8", 2), ("q8", "d20", 1), ("q9", "d9", 1), ("q10", "d10", 0), ("q11", "d11", 1), ("q11", "d5", 0)]
+    splits = {"train": train, "test": test} | ({"dev": [("q9", "d19", 1)]} if dev else {})
+    for name, rows in splits.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q, d, g in rows]
+        (root / "qrels" / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def write_tiny_open_clip(root: Path, name: str = "TinyTestCLIP", seed: int = 0) -> tuple[Path, Path]:
+    """A tiny open_clip architecture (2-block ViT of 16x16 patches on 32x32 images, 2-block text transformer,
+    32-dim space) as a model-config JSON ``<name>.json`` (what ``encoder.model`` takes) and its random weights
+    ``<name>.pt`` (a state dict: what ``encoder.pretrained`` takes); returns ``(config, weights)``."""
+    import json
+
+    import open_clip
+
+    root.mkdir(parents=True, exist_ok=True)
+    config, weights = root / f"{name}.json", root / f"{name}.pt"
+    config.write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(config)
+    torch.manual_seed(seed)
+    torch.save(open_clip.create_model(name).state_dict(), weights)
+    return config, weights

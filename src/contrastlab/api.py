@@ -72,7 +72,7 @@ def train(overrides: Sequence[str] = (), output_dir: str | Path = "outputs/api")
     """Fit one run, as ``contrastlab-train <overrides> hydra.run.dir=<output_dir>``; returns the final
     metrics (also in ``<output_dir>/metrics.json``). Checkpoints go to ``<output_dir>/checkpoints/``.
     The :class:`HydraConfig` installed for the run is removed afterwards (the previous one restored)."""
-    from contrastlab.cli import train as train_module
+    from contrastlab.training import fit as train_module
 
     previous = HydraConfig.instance().cfg
     cfg = compose(overrides, output_dir)
@@ -109,8 +109,9 @@ def embed(
 ) -> tuple[Tensor, Tensor]:
     """``(features (N, D) float32 on CPU, labels (N,) long)`` of ``loader``'s ``{"image", "label"}``
     batches, in loader order, with ``fn`` (default ``model.embed``: the encoder output, the
-    representation every evaluation uses; e.g. ``model.encode_image`` for CLIP's joint space)."""
+    representation every evaluation uses; e.g. ``model.encode_image`` for CLIP's joint space), on
+    the model's device, without gradients and with ``model`` in eval mode (its mode restored after)."""
     from contrastlab.evaluation.embed import embed_loader
 
-    device = next(model.parameters()).device
-    return embed_loader(fn or model.embed, loader, device, key=key)
+    features, labels = embed_loader(fn or model.embed, loader, key=key, module=model)
+    return features, labels

@@ -75,6 +75,7 @@ def bad_overrides(tmp: Path) -> list[tuple[list[str], str]]:
         (["objective=triplet", "loss.margin=-0.1"], "loss.margin must be >= 0, got -0.1"),
         (["data.batch_size=1"], "data.batch_size=1 leaves no in-batch negatives"),
         (["trainer.max_epochs=1.5"], "trainer.max_epochs must be a whole number >= 1"),
+        (["trainer.precision=banana"], "trainer: Precision 'banana' is invalid"),  # refused by Lightning itself
         (["data.num_workers=-2"], "data.num_workers must be a whole number >= 0"),
         (["callbacks.nan_guard.max_consecutive=0"], "callbacks.nan_guard.max_consecutive must be"),
         (

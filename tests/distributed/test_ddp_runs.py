@@ -13,6 +13,7 @@ import pytest
 from conftest import cli_env
 
 from contrastlab.tracking import loggers
+from contrastlab.tracking.history import read_history
 
 pytestmark = pytest.mark.slow  # three 2-process CLI runs
 
@@ -58,13 +59,18 @@ def test_ddp_runs_write_one_run_directory_each_and_nothing_else(runs: Path) -> N
 def test_one_wandb_run_with_each_step_logged_once(runs: Path, name: str) -> None:
     run_dir = runs / name
     (offline,) = run_dir.glob("wandb/offline-run-*")  # exactly one W&B run
-    (info,) = loggers.offline_runs(run_dir)
+    info = loggers.read_run_info(run_dir)  # what wandb held for it, saved by rank 0's logger
     assert info["id"] == (run_dir / "wandb_run_id").read_text().strip() and offline.name.endswith(info["id"])
+    assert info["sync_dir"] == str(offline) and info["status"] == "success"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     steps = metrics["trainer/global_step"]
     assert steps == 3
-    # rank 0 alone logs: one train/loss row per optimizer step (two processes logging would give 6)
-    assert sum("train/loss" in row for row in info["history"]) == steps
+    # rank 0 alone logs: one train/loss row per optimizer step (two processes logging would give 6) ...
+    curves = read_history(run_dir)
+    assert curves["train/loss"].notna().sum() == steps
+    # ... and the W&B run received exactly those logging calls, ending at the last step
+    assert info["logged_steps"] == len(curves)
+    assert info["summary"]["trainer/global_step"] == curves["step"].max() == steps - 1
 
 
 def test_lr_scaling_counts_every_process(runs: Path) -> None:

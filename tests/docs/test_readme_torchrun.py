@@ -225,6 +225,7 @@ def test_one_run_directory_with_the_metrics_of_a_global_batch_of_two_ranks(launc
         ".hydra",
         "checkpoints",
         "csv",
+        "history.jsonl",
         "metrics.json",
         "run_key",
         "train.log",
@@ -249,6 +250,7 @@ def test_only_rank_0_writes_logs_configs_and_checkpoints(launch: dict[str, Path]
         ".hydra/config.yaml",
         ".hydra/overrides.yaml",
         "csv/metrics.csv",
+        "history.jsonl",
         "checkpoints/last.ckpt",
         "checkpoints/best.ckpt",
     } <= rank0, rank0

@@ -145,3 +145,25 @@ def test_augmented_pairs_are_distinct_reproducible_and_leave_the_rng_alone(batch
     assert torch.equal(a, c) and torch.equal(b, d)
     assert not torch.equal(a, b)  # two different views of each image
     assert augmented_pairs(DigitsDataModule(augment=None), n=6) is None
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_collapse_guard_spread_is_the_mean_dim_std_and_warns_with_the_one_collapse_warning(
+    dtype: torch.dtype, tol: float
+) -> None:
+    """The triplet objective's guard and the collapse monitor share ``dimension_std`` and ``CollapseWarning``."""
+    from contrastlab.evaluation import collapse
+    from contrastlab.objectives import collapse_guard
+
+    assert collapse.CollapseWarning is collapse_guard.CollapseWarning
+    g = torch.Generator().manual_seed(0)
+    zs = [torch.randn(9, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+    guard = collapse_guard.CollapseGuard(threshold=None)
+    for z in zs:
+        guard.update(z.to(dtype).clone().requires_grad_())  # a training batch: the guard needs no grad
+    guard.update(zs[0][:1])  # one row has no spread: skipped
+    assert guard.epoch_end() == pytest.approx(sum(ref_dim_std(z.to(dtype).numpy()) for z in zs) / 3, abs=tol)
+    guard = collapse_guard.CollapseGuard(threshold=0.5)
+    guard.update(zs[0].to(dtype))
+    with pytest.warns(collapse.CollapseWarning, match="objective.collapse_threshold=0.5"):
+        guard.epoch_end()

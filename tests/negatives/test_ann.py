@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from contrastlab.negatives import AnnMined, MinedNegativesDataset, mine_ann_negatives
+from contrastlab.negatives import AnnMined, MinedNegativesDataset, MiningDataSource, mine_ann_negatives
 
 
 def brute_force(emb, labels, rank_min, rank_max, margin):
@@ -116,24 +116,51 @@ def test_dataset_serves_each_items_mined_negatives():
         MinedNegativesDataset(_Views(), torch.full((6, 2), -1))[0]
 
 
+class _Source:
+    """A :class:`MiningDataSource` of ``n`` items: records the table it is handed to serve."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.served = n, None
+
+    def train_loader_for_mining(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(list(range(self.n)))
+
+    def set_mined_negatives(self, table: torch.Tensor) -> None:
+        self.served = table
+
+
 def test_refresh_fills_the_shared_table_and_the_checkpointed_buffer():
     emb, labels = data(n=40)
     loader = [{"image": emb[s : s + 16], "label": labels[s : s + 16]} for s in range(0, 40, 16)]
     ann = AnnMined(num_negatives=2, rank_min=1, rank_max=8, margin=0.05, use_gpu=False)
-
-    class _DM:
-        train_base = list(range(40))
-
-        def setup(self) -> None:
-            pass
-
-    dm = _DM()
-    ann.attach(dm, "labels")
+    source = _Source(40)
+    assert isinstance(source, MiningDataSource)
+    ann.attach(source, "labels")
+    assert source.served is ann.shared_table and source.served.shape == (40, 2) and bool((source.served < 0).all())
+    assert ann.due(0, fit_start=True)  # nothing mined yet
     stats = ann.refresh(lambda x: x, loader, "cpu", epoch=0, progress=False)
     expected, _ = mine_ann_negatives(emb, labels, 2, 1, 8, 0.05, seed=0, progress=False)
     assert torch.equal(ann.table, expected) and torch.equal(ann.shared_table, expected)
+    assert torch.equal(source.served, expected)  # the datamodule serves the table refreshed in place
     assert int(ann.mined_epoch) == 0 and 0.0 <= stats["ann/random_fill_fraction"] <= 1.0
-    assert isinstance(dm.train_dataset_wrapper(_Views()), MinedNegativesDataset)
     fresh = AnnMined(num_negatives=2, rank_min=1, rank_max=8)
     fresh.load_state_dict(ann.state_dict())  # table size unknown until loaded
     assert torch.equal(fresh.table, expected) and int(fresh.mined_epoch) == 0
+
+
+def test_a_restored_table_is_served_and_refreshed_only_when_due():
+    emb, labels = data(n=40)
+    loader = [{"image": emb[s : s + 16], "label": labels[s : s + 16]} for s in range(0, 40, 16)]
+    ann = AnnMined(num_negatives=2, rank_min=1, rank_max=8, refresh_every_n_epochs=2, use_gpu=False)
+    ann.attach(_Source(40), "labels")
+    ann.refresh(lambda x: x, loader, "cpu", epoch=0, progress=False)
+    resumed, source = AnnMined(num_negatives=2, rank_min=1, rank_max=8, refresh_every_n_epochs=2), _Source(40)
+    resumed.attach(source, "labels")  # set-up runs before the checkpoint is restored
+    resumed.load_state_dict(ann.state_dict())
+    assert torch.equal(source.served, ann.table)  # served as restored, without mining again
+    assert not resumed.due(1, fit_start=True)
+    assert [resumed.due(e, fit_start=False) for e in (0, 1, 2, 3, 4)] == [False, False, True, False, True]
+    with pytest.raises(ValueError, match="resume with the data settings"):
+        other = AnnMined(num_negatives=2, rank_min=1, rank_max=8)
+        other.attach(_Source(30), "labels")
+        other.load_state_dict(ann.state_dict())

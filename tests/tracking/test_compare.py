@@ -126,7 +126,7 @@ def test_cli_defaults_to_latest_sweep(sweep: Path, tmp_path: Path, monkeypatch: 
     table = cli_compare.compare(["--metrics", "trainer/epoch"], console=Console(file=buf, width=200))
     assert len(table) == 4 and table.loc[0, "run"] == "1"
     assert "4 runs from" in buf.getvalue()
-    assert {p.name for p in sweep.iterdir()} >= {"leaderboard.csv", "leaderboard.md", "leaderboard.png"}
+    assert {p.name for p in sweep.iterdir()} >= {"compare.csv", "compare.md", "compare.png"}
     both = cli_compare.compare(
         [str(older), str(sweep / "1"), "--no-plot", "--out", str(tmp_path / "c")],
         console=Console(file=io.StringIO()),
@@ -157,3 +157,55 @@ def test_wandb_runs_build_the_same_table() -> None:
     assert df.attrs["metrics"] == ["val/knn_top1"]
     table = leaderboard.summary_table(df)
     assert table["loss.temperature"].tolist() == [0.1, 0.5] and "logger" not in table.columns
+
+
+def tick_labels(ax) -> list[str]:
+    ax.figure.draw_without_rendering()
+    return [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_numeric_sweeps_plot_on_a_numeric_axis_log_when_spanning_decades(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    grid = [("1e-4", "in_batch"), ("1e-2", "memory_bank"), ("1e-3", "in_batch")]
+    for job, (lr, sampler) in enumerate(grid):
+        make_run(root / str(job), [f"optimizer.lr={lr}", f"sampler={sampler}"], {"val/knn_top1": 0.5 + job / 10})
+    df = leaderboard.load_runs([root])
+    # Hydra reads 1e-3 as a float (YAML would have kept the string "1e-3")
+    assert pd.api.types.is_float_dtype(df["optimizer.lr"]) and df["optimizer.lr"].tolist() == [1e-4, 1e-2, 1e-3]
+    fig = leaderboard.runs_figure(df, "val/knn_top1")
+    lr_ax, sampler_ax = fig.axes
+    assert lr_ax.get_xlabel() == "optimizer.lr" and lr_ax.get_xscale() == "log"
+    (line,) = lr_ax.lines
+    assert list(line.get_xdata()) == [1e-4, 1e-3, 1e-2] and list(line.get_ydata()) == [0.5, 0.7, 0.6]  # sorted
+    # a categorical sweep stays categories: one tick per value, on a linear (category) axis
+    assert sampler_ax.get_xlabel() == "sampler" and sampler_ax.get_xscale() == "linear"
+    assert tick_labels(sampler_ax) == ["in_batch", "memory_bank"]
+    table = cli_compare.compare([str(root), "--out", str(tmp_path / "c")], console=Console(file=io.StringIO()))
+    assert pd.api.types.is_float_dtype(table["optimizer.lr"])
+    assert pd.read_csv(tmp_path / "c" / "compare.csv")["optimizer.lr"].tolist() == [1e-3, 1e-2, 1e-4]  # best first
+    assert (tmp_path / "c" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_numeric_axis_stays_linear_below_two_decades_or_with_non_positive_values(sweep: Path) -> None:
+    assert not leaderboard.wants_log_axis(pd.Series([1.0, 99.0]))
+    assert leaderboard.wants_log_axis(pd.Series([1.0, 100.0, math.nan]))
+    assert not leaderboard.wants_log_axis(pd.Series([-1.0, 1.0, 100.0]))
+    assert not leaderboard.is_numeric_param(pd.Series([True, False]))  # booleans are categories
+    df = leaderboard.load_runs([sweep])
+    temperature_ax, sampler_ax = leaderboard.runs_figure(df, "val/knn_top1").axes[:2]
+    assert temperature_ax.get_xscale() == "linear"  # -1, 0.1, 0.5: numeric, not log
+    assert list(temperature_ax.lines[0].get_xdata()) == [-1, 0.1, 0.5, 0.5]
+    assert tick_labels(sampler_ax) == ["in_batch", "memory_bank"]
+
+
+def test_curves_come_from_the_runs_own_history(tmp_path: Path) -> None:
+    run = make_run(
+        tmp_path / "0", ["loss.temperature=0.1"], {"val/knn_top1": 0.8}, curves=[{"step": 0, "train/loss": 9.0}]
+    )
+    rows = [{"step": 0, "train/loss": 4.0}, {"step": 1, "train/loss": 3.0}, {"step": 1, "val/knn_top1": 0.8}]
+    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = leaderboard.read_curves(run)  # history.jsonl first; the CSV logger's file only without it
+    assert curves["step"].tolist() == [0, 1, 1] and curves["train/loss"].tolist()[:2] == [4.0, 3.0]
+    (run / "history.jsonl").unlink()
+    assert leaderboard.read_curves(run)["train/loss"].tolist() == [9.0]
+    assert leaderboard.parse_overrides(["~tags", "callbacks=none", "trust_checkpoint=true", "seed=3"]) == {"seed": 3}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,8 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from contrastlab.tracking.loggers import offline_runs
+from contrastlab.tracking.history import read_history
+from contrastlab.tracking.loggers import read_run_info
 
 pytestmark = pytest.mark.slow
 
@@ -52,15 +54,28 @@ def test_jobs_complete_and_the_failure_is_recorded(sweep) -> None:
 
 
 def test_wandb_runs_share_the_sweep_group_and_are_named_by_overrides(sweep) -> None:
-    _, sweep_dir, _ = sweep
-    runs = {job: offline_runs(sweep_dir / job) for job in ("0", "1", "2")}
-    assert runs["2"] == []  # failed before any W&B run started
-    (r0,), (r1,) = runs["0"], runs["1"]
+    _, sweep_dir, tmp = sweep
+    # what wandb held for each job's run (its public attributes, saved by the logger in wandb_run.json)
+    runs = {job: read_run_info(sweep_dir / job) for job in ("0", "1", "2")}
+    assert runs["2"] is None and not (sweep_dir / "2" / "wandb").exists()  # failed before W&B started
+    r0, r1 = runs["0"], runs["1"]
     assert r0["group"] == r1["group"] == sweep_dir.name
     assert r0["name"].startswith("temperature=0.1,") and r1["name"].startswith("temperature=0.5,")
     assert "objective:simclr" in r0["tags"] and r0["job_type"] == "train"
     assert r0["id"] != r1["id"] and r0["id"] == (sweep_dir / "0" / "wandb_run_id").read_text().strip()
-    assert any("train/loss" in row for row in r0["history"])  # each job logged into its own run and closed it
+    for job, info in (("0", r0), ("1", r1)):  # each job logged into its own run, every logging call once
+        assert info["status"] == "success" and math.isfinite(info["summary"]["train/loss"])
+        assert info["logged_steps"] == len(read_history(sweep_dir / job))
+        assert Path(info["sync_dir"]).parent == sweep_dir / job / "wandb"
+    # W&B's own `wandb sync` finds exactly the two runs to upload
+    sync = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run", r0["sync_dir"], r1["sync_dir"]],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        timeout=120,
+    )
+    assert "Would sync 2 run(s)" in sync.stdout + sync.stderr, sync.stdout + sync.stderr
 
 
 def test_compare_on_the_sweep(sweep) -> None:

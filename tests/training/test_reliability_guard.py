@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import resource
 import signal
@@ -229,31 +228,63 @@ def test_rng_states_survive_a_weights_only_checkpoint():
 
 # ------------------------------------------------------------------------------------------- W&B
 def test_wandb_unreachable_or_failing_never_stops_training(tmp_path, monkeypatch, capsys):
-    from contrastlab.tracking import faults
-    from contrastlab.tracking.loggers import wandb_logger
+    import wandb
+
+    from contrastlab.tracking.loggers import RUN_ID_FILE, WandbFallbackWarning, WandbRunLogger, read_run_info
 
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # "credentials": the logger goes online ...
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # ... to a server that is not there
     monkeypatch.setenv("WANDB_SILENT", "true")
-    logger = faults.guard_loggers(wandb_logger(save_dir=str(tmp_path), project="faults"))
-    assert isinstance(logger, faults.FaultTolerantWandbLogger) and not logger._offline
-    with pytest.warns(faults.WandbFallbackWarning, match="W&B is unreachable"):
-        run = logger.experiment
-    assert logger._offline and run is not None and os.environ["WANDB_MODE"] in ("offline", "dryrun")
-    assert "W&B is unreachable (127.0.0.1:9" in capsys.readouterr().out
+    logger = WandbRunLogger(save_dir=str(tmp_path), project="faults", init_timeout=3)
+    assert logger._wandb_init["mode"] == "online" and logger._wandb_init["settings"].init_timeout == 3
+    with pytest.warns(WandbFallbackWarning, match="W&B could not start online"):
+        run = logger.experiment  # wandb.init gives up after init_timeout; the same run starts offline
+    assert run.settings.mode == "offline" and run.id == (tmp_path / RUN_ID_FILE).read_text().strip()
+    assert Path(run.settings.sync_dir).parent == tmp_path / "wandb"
+    assert read_run_info(tmp_path)["mode"] == "offline"
+    assert "W&B could not start online (CommError" in capsys.readouterr().out
     logger.log_metrics({"train/loss": 1.0}, step=0)
+    assert run.summary["train/loss"] == 1.0
 
-    # a W&B call failing mid-run: re-opened offline (same run id), the call retried, training goes on
-    run_id = logger.experiment.id
+    # a W&B call failing mid-run: W&B is off for the rest of the run, the run goes on
+    calls = []
 
     def broken(*args, **kwargs):
+        calls.append(args)
         raise ConnectionResetError("connection reset by peer")
 
-    monkeypatch.setattr(type(logger.experiment), "log", broken)
-    with pytest.warns(faults.WandbFallbackWarning, match="W&B log_metrics failed"):
-        logger.log_metrics({"train/loss": 0.5}, step=1)  # retried once, fails again: W&B off
-    assert logger._ft_disabled
-    logger.log_metrics({"train/loss": 0.25}, step=2)  # no error, no W&B
+    monkeypatch.setattr(type(run), "log", broken)
+    with pytest.warns(WandbFallbackWarning, match="W&B log_metrics failed"):
+        logger.log_metrics({"train/loss": 0.5}, step=1)
+    logger.log_metrics({"train/loss": 0.25}, step=2)  # no error, and nothing reaches W&B any more
+    logger.log_image(key="x", images=[])
+    assert len(calls) == 1
+    logger.experiment.log({"train/loss": 0.1})  # a no-op stand-in for the run
     logger.finalize("success")
-    assert run_id and (tmp_path / "wandb").is_dir()
+    assert "status" not in read_run_info(tmp_path)  # nothing written by a W&B that is off
+    wandb.finish()
+
+
+def test_a_training_run_goes_on_when_wandb_cannot_start_online(tmp_path, monkeypatch):
+    from contrastlab.tracking.history import read_history
+    from contrastlab.tracking.loggers import WandbFallbackWarning, read_run_info
+    from contrastlab.training.fit import finish_tracking
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_run(tmp_path, "logger=wandb", "logger.init_timeout=3")
+    try:
+        with pytest.warns(WandbFallbackWarning, match="W&B could not start online"):
+            metrics = train(cfg)
+    finally:
+        finish_tracking()
+    run_dir = tmp_path / "run"
+    assert metrics["trainer/global_step"] == 3 and np.isfinite(metrics["train/loss"])
+    info = read_run_info(run_dir)
+    assert info["mode"] == "offline" and info["status"] == "success"
+    assert info["summary"]["train/loss"] == pytest.approx(metrics["train/loss"])
+    curves = read_history(run_dir)  # the run's own history has every step
+    assert curves.dropna(subset=["train/loss"])["step"].tolist() == [0, 1, 2]

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from contrastlab.cli import boundary
 from contrastlab.config import build
 from contrastlab.config.checks import ConfigError
+from contrastlab.evaluation.embed import embed_loader
 from contrastlab.training.checkpoints import LoadedCheckpoint, load_checkpoint
 
 SPLITS = ("train", "val")
@@ -115,7 +116,12 @@ def _track(items: Iterable, total: int, description: str, progress: Progress | N
         progress.advance(task)
 
 
-@torch.no_grad()
+def _image_of(batch: dict[str, Any]) -> Tensor:
+    if "image" not in batch:
+        raise ConfigError("this data has no images to embed; choose an image dataset with data=<name>")
+    return batch["image"]
+
+
 def embed_images(
     fn: Callable[[Tensor], Tensor],
     loader: DataLoader,
@@ -123,27 +129,21 @@ def embed_images(
     progress: Progress | None,
     what: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(embeddings (N, D) float32, ids (N,), labels (N,))`` over ``loader``."""
-    feats, ids, labels = [], [], []
-    for batch in _track(loader, len(loader), f"embedding {what}", progress):
-        if "image" not in batch:
-            raise ConfigError("this data has no images to embed; choose an image dataset with data=<name>")
-        feats.append(fn(batch["image"].to(device)).float().cpu().numpy())
-        n = feats[-1].shape[0]
-        ids.append(np.asarray(batch.get("index", torch.full((n,), -1))).astype(np.int64))
-        labels.append(np.asarray(batch.get("label", torch.full((n,), -1))).astype(np.int64))
-    return np.concatenate(feats), np.concatenate(ids), np.concatenate(labels)
+    """``(embeddings (N, D) float32, ids (N,), labels (N,))`` over ``loader`` (-1 where a batch has no
+    ``index``/``label``), by :func:`~contrastlab.evaluation.embed.embed_loader`."""
+    batches = _track(loader, len(loader), f"embedding {what}", progress)
+    feats, ids, labels = embed_loader(fn, batches, device, key=_image_of, fields=("index", "label"), fill=-1)
+    return feats.numpy(), ids.numpy().astype(np.int64), labels.numpy().astype(np.int64)
 
 
-@torch.no_grad()
 def embed_texts(
     fn: Callable[[list[str]], Tensor], texts: list[str], batch_size: int, progress: Progress | None
 ) -> np.ndarray:
-    parts = []
-    chunks = range(0, len(texts), batch_size)
-    for i in _track(chunks, len(chunks), "embedding captions", progress):
-        parts.append(fn(texts[i : i + batch_size]).float().cpu().numpy())
-    return np.concatenate(parts)
+    """(N, D) float32 embeddings of ``texts`` in chunks of ``batch_size``, by
+    :func:`~contrastlab.evaluation.embed.embed_loader`."""
+    chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    (feats,) = embed_loader(fn, _track(chunks, len(chunks), "embedding captions", progress), key=None, fields=())
+    return feats.numpy()
 
 
 def export_embeddings(
@@ -161,7 +161,6 @@ def export_embeddings(
     chosen = list(SPLITS) if split == "all" else [split]
     feats, ids, labels, names, paths, captions, caption_rows = [], [], [], [], [], [], []
     any_paths = True
-    model.eval()
     with Progress(transient=False, disable=not show_progress) as progress:
         for s in chosen:
             f, i, y = embed_images(image_fn, image_loader(dm, s), device, progress, s)
@@ -246,7 +245,6 @@ def export_documents(ckpt: LoadedCheckpoint, split: str, out_dir: Path, show_pro
         texts += docs
         owners += owner
         names += [s] * len(docs)
-    model.eval()
     with Progress(transient=False, disable=not show_progress) as progress:
         emb = embed_texts(doc_fn, texts, int(ckpt.config.data.get("batch_size", 256)), progress).astype(np.float32)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ pictures. All run on the encoder embeddings (``model.embed``) of the run's train
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -136,8 +137,11 @@ def evaluate(
         if fn is None:
             skipped["objective"] = f"objective {ckpt.objective} has no evaluate_metrics"
         else:
+            # options the objective's evaluate_metrics takes (eval.objective.templates for CLIP), when set
+            params = inspect.signature(fn).parameters
+            options = {k: v for k, v in (eval_cfg.objective or {}).items() if v is not None and k in params}
             with torch.no_grad():
-                metrics.update({k: float(v) for k, v in fn(dm).items()})
+                metrics.update({k: float(v) for k, v in fn(dm, **options).items()})
             lap("objective")
     if run("plots"):
         c = eval_cfg.plots

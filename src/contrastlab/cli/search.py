@@ -20,7 +20,6 @@ from typing import Any
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +29,7 @@ from contrastlab.cli.embed import image_encoder_of, text_encoder_of
 from contrastlab.config import build
 from contrastlab.config.checks import ConfigError
 from contrastlab.data.transforms import to_float_image
+from contrastlab.evaluation.embed import embed_loader
 from contrastlab.training.checkpoints import load_checkpoint
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -164,22 +164,22 @@ def embed_query(folder: EmbeddingFolder, kind: str, value: Any, cfg: DictConfig)
         folder.meta["checkpoint"], data=folder.meta.get("data"), device=cfg.device, trust=cfg.trust_checkpoint
     )
     model, dm = ckpt.model, ckpt.datamodule
-    with torch.no_grad():
-        if kind == "image":
-            from PIL import Image
+    if kind == "image":
+        from PIL import Image
 
-            with Image.open(value) as img:
-                pixels = to_float_image(img.convert("L" if int(getattr(dm, "channels", 3)) == 1 else "RGB"))
-            x = dm.eval_transform(pixels)[None].to(next(model.parameters()).device)
-            fn, _ = image_encoder_of(model, folder.meta.get("space", "encoder"))
-            return fn(x).float().cpu().numpy()
-        text_fn = text_encoder_of(model)
-        if text_fn is None:
+        with Image.open(value) as img:
+            pixels = to_float_image(img.convert("L" if int(getattr(dm, "channels", 3)) == 1 else "RGB"))
+        fn, _ = image_encoder_of(model, folder.meta.get("space", "encoder"))
+        batch: Any = dm.eval_transform(pixels)[None]
+    else:
+        fn = text_encoder_of(model)  # type: ignore[assignment]
+        if fn is None:
             raise ConfigError(
                 f"query={value!r} is not idx:<row> or an image file, and a {ckpt.objective} checkpoint has "
                 "no text tower; text queries need an image-text checkpoint (objective=clip)"
             )
-        return text_fn([value]).float().cpu().numpy()
+        batch = [value]
+    return embed_loader(fn, [batch], key=None, fields=(), module=model)[0].numpy()
 
 
 def choose_target(folder: EmbeddingFolder, kind: str, target: str) -> str:

@@ -11,17 +11,46 @@ from typing import Any
 import lightning as L
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from contrastlab.config import CONF_DIR
 from contrastlab.data.base import ContrastiveDataModule
 from contrastlab.data.image_files import SkippedFilesReport
 from contrastlab.objectives.base import ContrastiveObjective
 
-__all__ = ["CONF_DIR", "build_callbacks", "build_datamodule", "build_logger", "build_objective"]
+__all__ = [
+    "CONF_DIR",
+    "build_callbacks",
+    "build_datamodule",
+    "build_logger",
+    "build_objective",
+    "encoder_preprocessing",
+]
+
+
+def encoder_preprocessing(cfg: DictConfig) -> dict[str, Any]:
+    """The data settings an encoder dictates, from its class's ``preprocess_settings`` (``encoder=open_clip``:
+    the model's image size, mean, std, interpolation and resize mode); {} for other encoders."""
+    enc = cfg.get("encoder")
+    if enc is None or "_target_" not in enc:
+        return {}
+    settings = getattr(get_class(enc._target_), "preprocess_settings", None)
+    if settings is None:
+        return {}
+    kwargs = {k: v for k, v in OmegaConf.to_container(enc, resolve=True).items() if k != "_target_"}  # type: ignore[union-attr]
+    return dict(settings(**kwargs))
 
 
 def build_datamodule(cfg: DictConfig) -> ContrastiveDataModule:
+    """The ``data`` group with the ``augment`` group; an encoder that dictates its preprocessing (see
+    :func:`encoder_preprocessing`) overrides ``data.image_size/mean/std/channels`` (and ``interpolation`` /
+    ``resize_mode`` where the data config has them) in ``cfg`` itself, so the saved run config says what ran."""
+    settings = encoder_preprocessing(cfg)
+    if settings and cfg.get("data") is not None:
+        with open_dict(cfg):
+            for key, value in settings.items():
+                if key in ("image_size", "mean", "std", "channels") or key in cfg.data:
+                    cfg.data[key] = value
     augment = instantiate(cfg.augment) if cfg.get("augment") is not None else None
     return instantiate(cfg.data, augment=augment)
 
@@ -33,8 +62,10 @@ def build_objective(cfg: DictConfig) -> ContrastiveObjective:
         instantiate(cfg.head, in_dim=encoder.out_dim) if encoder is not None and cfg.get("head") is not None else None
     )
     extra: dict[str, Any] = {}
+    # a joint image-text encoder (encoder=open_clip) brings its own text tower: the text_encoder group is unused
+    joint = getattr(encoder, "paired_text_tower", None) is not None
     for group in ("text_encoder",):  # optional towers some objectives take
-        if cfg.get(group) is not None:
+        if cfg.get(group) is not None and not joint:
             extra[group] = instantiate(cfg[group])
     model = instantiate(
         cfg.objective,

@@ -4,7 +4,7 @@ with one sentence that names the override to change."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
@@ -13,6 +13,9 @@ from omegaconf import DictConfig
 from contrastlab.config import values
 from contrastlab.config.values import world_size as _world
 from contrastlab.errors import ConfigError
+
+if TYPE_CHECKING:  # the heavy modules are imported by the checks that need them
+    from contrastlab.data.base import DataCapabilities
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -94,30 +97,42 @@ def _cls(node: Any) -> type | None:
         return None
 
 
+def _data_capabilities(data_cls: type | None) -> type[DataCapabilities]:
+    """The class whose declared capabilities apply to ``data=``: ``data_cls`` when it declares them
+    (every contrastlab datamodule does), else :class:`DataCapabilities`' defaults."""
+    from contrastlab.data.base import DataCapabilities
+
+    return data_cls if data_cls is not None and issubclass(data_cls, DataCapabilities) else DataCapabilities
+
+
 def check_negatives(cfg: DictConfig) -> None:
-    """Objective x sampler x loss x data combinations of the triplet / memory-bank / ANN strategies."""
+    """Objective x sampler x loss x data combinations of the triplet / memory-bank / ANN strategies:
+    the sampler must be of the objective's declared ``sampler_kind`` (:mod:`contrastlab.negatives.kinds`)."""
+    from contrastlab.negatives.kinds import Memory
+    from contrastlab.objectives.base import ContrastiveObjective
+
     objective, sampler, loss = (cfg.get(k) or {} for k in ("objective", "sampler", "loss"))
     data, trainer = cfg.get("data") or {}, cfg.get("trainer") or {}
     obj_cls, sampler_cls, loss_cls = _cls(objective), _cls(sampler), _cls(loss)
-    consumes = getattr(obj_cls, "consumes", None)  # "candidates" (InfoNCE) or "triplets"
     obj, smp = _choice(cfg, "objective"), _choice(cfg, "sampler")
     if float(loss.get("margin", 0.0) or 0.0) < 0:
         raise ConfigError(f"loss.margin must be >= 0, got {loss.margin}; set e.g. loss.margin=0.2.")
-    if consumes is None or sampler_cls is None:
+    if obj_cls is None or not issubclass(obj_cls, ContrastiveObjective) or sampler_cls is None:
         return
-    serves = getattr(sampler_cls, "serves", ("candidates",))
-    if consumes not in serves:
-        triplet_fix = "semi_hard (or batch_hard, batch_all, memory_bank, ann_mined)"
-        fix = triplet_fix if consumes == "triplets" else "in_batch (or memory_bank)"
-        raise ConfigError(f"sampler={smp} does not serve objective={obj} ({consumes}); set sampler={fix}.")
+    consumes = obj_cls.consumes  # "candidates" (InfoNCE), "triplets" or "pairs"
+    if consumes is None:
+        return
+    kind = obj_cls.sampler_kind
+    if not issubclass(sampler_cls, kind):
+        raise ConfigError(f"sampler={smp} does not serve objective={obj} ({consumes}); set sampler={kind.choices}.")
     if loss_cls is not None and getattr(loss_cls, "consumes", "candidates") != consumes:
-        fix = "triplet" if consumes == "triplets" else "nt_xent (or info_nce)"
+        fix = {"triplets": "triplet", "pairs": "clip (or siglip)"}.get(consumes, "nt_xent (or info_nce)")
         raise ConfigError(f"loss={_choice(cfg, 'loss')} does not fit objective={obj}; set loss={fix}.")
     views = int(data.get("views", 2) or 2)
     strategy = sampler.get("strategy", sampler.get("mining"))
     if consumes == "triplets":
         positives = objective.get("positives", "labels")
-        if positives == "labels" and not getattr(get_class(data._target_), "has_labels", True):
+        if positives == "labels" and not _data_capabilities(_cls(data)).labels_possible():
             raise ConfigError(
                 f"objective.positives=labels but data={_choice(cfg, 'data')} has no labels; "
                 "set objective.positives=views."
@@ -135,7 +150,7 @@ def check_negatives(cfg: DictConfig) -> None:
                 "loss.soft_margin=true with batch-all mining would score all O(N^3) triplets; "
                 "set loss.soft_margin=false or sampler=batch_hard."
             )
-    if "size" in sampler and hasattr(sampler_cls, "enqueue"):
+    if "size" in sampler and issubclass(sampler_cls, Memory):
         rows = int(data.get("batch_size", 1)) * (views if consumes == "triplets" else 2) * _world(trainer)
         if int(sampler.size) < rows:
             raise ConfigError(
@@ -154,7 +169,6 @@ def check_two_towers(cfg: DictConfig) -> None:
     and image–caption / text-pair data against the other objectives."""
     from contrastlab.evaluation.collapse import CollapseMonitor
     from contrastlab.evaluation.plot_callback import EmbeddingPlotCallback
-    from contrastlab.negatives.in_batch import InBatch
     from contrastlab.objectives.biencoder import BiEncoder
     from contrastlab.objectives.clip import CLIP, DualEncoderObjective
 
@@ -163,9 +177,9 @@ def check_two_towers(cfg: DictConfig) -> None:
     if obj_cls is None or data_cls is None:
         return
     obj, dat = _choice(cfg, "objective"), _choice(cfg, "data")
-    text_pairs = bool(getattr(data_cls, "has_text_pairs", False))
-    images = bool(getattr(data_cls, "has_images", True))
-    captions = bool(getattr(data_cls, "has_captions", False)) and images
+    caps = _data_capabilities(data_cls)
+    text_pairs, images = caps.has_text_pairs, caps.has_images
+    captions = caps.has_captions and images
     if not issubclass(obj_cls, DualEncoderObjective):
         if text_pairs:
             raise ConfigError(
@@ -192,7 +206,7 @@ def check_two_towers(cfg: DictConfig) -> None:
             f"objective={obj} scores matched pairs and loss={_choice(cfg, 'loss')} does not; "
             "set loss=clip (or loss=siglip)."
         )
-    if sampler_cls is not None and not issubclass(sampler_cls, InBatch):
+    if sampler_cls is not None and not issubclass(sampler_cls, obj_cls.sampler_kind):
         raise ConfigError(f"objective={obj} takes its negatives from the batch; set sampler=in_batch.")
     if not images:  # these callbacks embed validation images
         for name, cb in (cfg.get("callbacks") or {}).items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -12,6 +12,42 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from contrastlab.data.transforms import MultiView, to_float_image
+from contrastlab.negatives.ann import MinedNegativesDataset
+from contrastlab.negatives.kinds import MiningDataSource
+
+
+class DataCapabilities:
+    """What a datamodule's items hold, declared on its class so that start-up checks read it before
+    anything is built, and objectives and callbacks read it from the instance.
+
+    ``has_labels``: items carry class labels (>= 0). On the class it says whether they can; an
+    instance that learns otherwise from its files (an image folder without class sub-folders, a
+    caption table without labels) overrides it (an attribute or a property).
+    ``has_images``: items hold images (what the image evaluation callbacks embed).
+    ``has_captions``: items are image–caption pairs (CLIP). ``has_text_pairs``: query–document text
+    pairs (the bi-encoder).
+    """
+
+    has_labels: bool = True
+    has_images: ClassVar[bool] = True
+    has_captions: ClassVar[bool] = False
+    has_text_pairs: ClassVar[bool] = False
+
+    @classmethod
+    def labels_possible(cls) -> bool:
+        """The class-level answer of ``has_labels`` (before instantiation): False only when the class
+        declares ``has_labels = False``; a per-instance property counts as possible."""
+        declared = cls.has_labels
+        return declared if isinstance(declared, bool) else True
+
+
+_UNDECLARED = DataCapabilities()
+
+
+def capabilities(datamodule: object) -> DataCapabilities:
+    """``datamodule`` itself when it declares its capabilities (every contrastlab datamodule does),
+    else the defaults of :class:`DataCapabilities` (a LightningDataModule from elsewhere)."""
+    return datamodule if isinstance(datamodule, DataCapabilities) else _UNDECLARED
 
 
 class ViewsDataset(Dataset):
@@ -42,9 +78,11 @@ class EvalDataset(Dataset):
         return {"image": self.transform(to_float_image(img)), "label": int(label), "index": i}
 
 
-class ContrastiveDataModule(L.LightningDataModule):
+class ContrastiveDataModule(DataCapabilities, L.LightningDataModule, MiningDataSource):
     """Base datamodule. Subclasses implement :meth:`load_splits` returning ``(train, val)``
-    datasets of ``(image, label)`` pairs (label -1 when unlabelled).
+    datasets of ``(image, label)`` pairs (label -1 when unlabelled). Capabilities: labelled images
+    (:class:`DataCapabilities`; subclasses declare otherwise); it serves offline-mined negatives
+    (:class:`~contrastlab.negatives.kinds.MiningDataSource`) with the training items.
 
     Args:
         batch_size: per-process batch size (the global batch is ``batch_size * world_size``).
@@ -54,9 +92,6 @@ class ContrastiveDataModule(L.LightningDataModule):
         limit_samples: keep only the first N train and val items (debug runs).
         drop_last: drop the last uneven training batch (needed for cross-rank negatives).
     """
-
-    has_labels = True
-    has_captions = False
 
     def __init__(
         self,
@@ -87,6 +122,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.batch_sampler = batch_sampler  # a partial taking (labels, batch_size, drop_last) or None
         self.train_base: Dataset | None = None
         self.val_base: Dataset | None = None
+        self.mined_negatives: Tensor | None = None  # (N, m) served with each training item (set_mined_negatives)
 
     # --- to implement -------------------------------------------------------------------------
     def load_splits(self) -> tuple[Dataset, Dataset]:
@@ -128,9 +164,8 @@ class ContrastiveDataModule(L.LightningDataModule):
         if self.augment is None:
             raise ValueError("no augmentation given; choose one with augment=<name> (e.g. augment=simclr).")
         ds = ViewsDataset(self.train_base, MultiView(self.augment, self.views, self.normalize))  # type: ignore[arg-type]
-        wrap = getattr(self, "train_dataset_wrapper", None)  # set by a negatives strategy (ANN-mined negatives)
-        if wrap is not None:
-            ds = wrap(ds)
+        if self.mined_negatives is not None:
+            ds = MinedNegativesDataset(ds, self.mined_negatives)
         if self.batch_sampler is not None:
             labels = self.train_labels()
             sampler = self.batch_sampler(labels=labels, batch_size=self.batch_size, drop_last=self.drop_last)
@@ -152,3 +187,13 @@ class ContrastiveDataModule(L.LightningDataModule):
         """The training split with the evaluation transform (kNN memory, linear probe)."""
         self.setup()
         return self._loader(EvalDataset(self.train_base, self.eval_transform), shuffle=False)  # type: ignore[arg-type]
+
+    # --- offline-mined negatives (MiningDataSource) ---------------------------------------------
+    def train_loader_for_mining(self) -> DataLoader:
+        """The training split in index order with the evaluation transform (what a miner embeds)."""
+        return self.eval_train_dataloader()
+
+    def set_mined_negatives(self, table: Tensor) -> None:
+        """Serve with training item ``i`` the items ``table[i]`` (a shared (N, m) CPU tensor, refreshed in
+        place by the miner) as ``"negatives"`` (:class:`~contrastlab.negatives.ann.MinedNegativesDataset`)."""
+        self.mined_negatives = table

@@ -91,16 +91,18 @@ def find_image_samples(root: str | os.PathLike, key: str = "data.data_dir") -> t
     )
 
 
-def load_image(path: str | os.PathLike, size: int | None, channels: int = 3) -> Tensor:
+def load_image(path: str | os.PathLike, size: int | None, channels: int = 3, resize_mode: str = "shortest") -> Tensor:
     """Decode ``path`` into a uint8 (channels, size, size) tensor: RGB (3) or grey (1); the shorter
-    side is resized to ``size`` (bicubic, antialiased) and the centre square kept. ``size=None``
-    keeps the original size."""
+    side is resized to ``size`` (bicubic, antialiased) and the centre square kept (``resize_mode=squash``:
+    both sides resized to ``size``). ``size=None`` keeps the original size."""
     with Image.open(path) as im:
         mode = "RGB" if channels == 3 else "L"
         if size is not None:
             im.draft(mode, (size, size))  # JPEG: decode at a reduced scale when the file is much larger
         im = im.convert(mode)  # forces the full decode: truncated or corrupt data raises here
-        if size is not None:
+        if size is not None and resize_mode == "squash":
+            im = im.resize((size, size), Image.Resampling.BICUBIC)
+        elif size is not None:
             im = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)
         return v2.functional.pil_to_tensor(im)
 
@@ -154,8 +156,10 @@ class ImageFileDataset(Dataset):
         channels: int = 3,
         strict: bool = False,
         skipped: SkippedFiles | None = None,
+        resize_mode: str = "shortest",
     ) -> None:
         self.samples, self.size, self.channels, self.strict = list(samples), size, channels, strict
+        self.resize_mode = resize_mode
         self.skipped = skipped if skipped is not None else SkippedFiles()
         self._bad: set[int] = set()  # indices found unreadable in this process: not decoded again
 
@@ -173,7 +177,7 @@ class ImageFileDataset(Dataset):
             return None
         path = self.samples[i][0]
         try:
-            return load_image(path, self.size, self.channels)
+            return load_image(path, self.size, self.channels, self.resize_mode)
         except Exception as err:  # any decoder failure (truncated, not an image, permission, bomb...)
             if self.strict:
                 raise UnreadableImageError(

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from contrastlab.data.base import ContrastiveDataModule, EvalDataset
+from contrastlab.data.templates import resolve_templates
 from contrastlab.data.transforms import to_float_image
 
 
@@ -96,7 +97,8 @@ class ImageTextDataModule(ContrastiveDataModule):
     ``(train, val)`` :class:`ImageTextSplit`.
 
     Args (beyond :class:`ContrastiveDataModule`'s):
-        templates: zero-shot prompt templates with a ``{}`` for the class name.
+        templates: zero-shot prompt templates with a ``{}`` for the class name: a list, a built-in set
+            (``default``, ``openai_imagenet``) or a file (:mod:`contrastlab.data.templates`).
         class_names: names of the label ids (None: the subclass decides, or no zero-shot).
         batch_sampler: a ``partial`` of a batch sampler; it receives ``keys`` (the image id and the
             caption of every pair, for :class:`~contrastlab.data.no_duplicates.NoDuplicatesBatchSampler`)
@@ -107,11 +109,11 @@ class ImageTextDataModule(ContrastiveDataModule):
     has_images = True
 
     def __init__(
-        self, templates: Sequence[str] = ("a {}.",), class_names: Sequence[str] | None = None, **kwargs: Any
+        self, templates: str | Sequence[str] = ("a {}.",), class_names: Sequence[str] | None = None, **kwargs: Any
     ) -> None:
         kwargs.setdefault("channels", 3)
         super().__init__(**kwargs)
-        self.templates = list(templates)
+        self.templates = resolve_templates(templates, "data.templates")
         self.class_names: list[str] | None = list(class_names) if class_names is not None else None
         self.train_split: ImageTextSplit | None = None
         self.val_split: ImageTextSplit | None = None

@@ -22,10 +22,27 @@ from torchvision.transforms import v2
 from contrastlab.data.image_files import ImageFileDataset, SkippedFiles
 from contrastlab.data.image_text import ImageTextDataModule, ImageTextSplit
 from contrastlab.data.on_disk import DataDirError
+from contrastlab.errors import ConfigError
 
 
 class CaptionTableError(DataDirError):
     """A caption table that cannot be used (missing, missing columns, listing missing images)."""
+
+
+def resize_transform(size: int, interpolation: str = "bilinear", resize_mode: str = "shortest") -> v2.Transform:
+    """(C, H, W) -> (C, size, size): ``shortest`` resizes the shorter side to ``size`` and centre-crops,
+    ``squash`` resizes both sides to ``size`` (open_clip's two inference modes), antialiased."""
+    modes = {
+        m.value: m for m in (v2.InterpolationMode.BILINEAR, v2.InterpolationMode.BICUBIC, v2.InterpolationMode.NEAREST)
+    }
+    if interpolation not in modes:
+        raise ConfigError(f"data.interpolation={interpolation} is not one of {', '.join(modes)}; set one of those.")
+    mode = modes[interpolation]
+    if resize_mode == "shortest":
+        return v2.Compose([v2.Resize(size, interpolation=mode, antialias=True), v2.CenterCrop(size)])
+    if resize_mode == "squash":
+        return v2.Resize([size, size], interpolation=mode, antialias=True)
+    raise ConfigError(f"data.resize_mode={resize_mode} is not shortest or squash; set one of those.")
 
 
 def read_table(path: Path, fmt: str | None = None) -> pd.DataFrame:
@@ -47,6 +64,9 @@ class ImageTextCSVDataModule(ImageTextDataModule):
     strict: an unreadable image stops the run (naming it) instead of being skipped with a warning; a
         skipped image is replaced by the next readable one of its split, and the skips of each epoch are
         counted in ``data/skipped_images``.
+    interpolation: ``bilinear`` | ``bicubic`` | ``nearest`` (antialiased). resize_mode: ``shortest`` (shorter
+        side to ``image_size``, centre crop) | ``squash`` (both sides to ``image_size``). An open_clip encoder
+        sets both (and ``image_size``, ``mean``, ``std``) to its own preprocessing.
     """
 
     def __init__(
@@ -59,9 +79,11 @@ class ImageTextCSVDataModule(ImageTextDataModule):
         label_key: str | None = None,
         format: str | None = None,
         image_size: int = 64,
-        templates: Sequence[str] = ("a photo of a {}.", "a picture of a {}."),
+        templates: str | Sequence[str] = ("a photo of a {}.", "a picture of a {}."),
         class_names: Sequence[str] | None = None,
         strict: bool = False,
+        interpolation: str = "bilinear",
+        resize_mode: str = "shortest",
         **kwargs: Any,
     ) -> None:
         if not path:
@@ -72,7 +94,7 @@ class ImageTextCSVDataModule(ImageTextDataModule):
         self.path, self.val_path = Path(path).expanduser(), Path(val_path).expanduser() if val_path else None
         self.image_root = Path(image_root).expanduser() if image_root else self.path.parent
         self.filepath_key, self.caption_key, self.label_key, self.format = filepath_key, caption_key, label_key, format
-        self.resize = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+        self.resize = resize_transform(image_size, interpolation, resize_mode)
         self.strict, self.skipped = strict, SkippedFiles()  # skips are reported by SkippedFilesReport
         self._files: dict[str, tuple[ImageFileDataset, int]] = {}
 
@@ -88,7 +110,7 @@ class ImageTextCSVDataModule(ImageTextDataModule):
         return files[i][0]
 
     def prepare(self, img: torch.Tensor) -> torch.Tensor:
-        """Shorter side to ``image_size``, then a centre crop."""
+        """Shorter side to ``image_size``, then a centre crop (``resize_mode=squash``: both sides to it)."""
         return self.resize(img)
 
     def _group(self, table: pd.DataFrame, source: Path) -> tuple[list[Path], list[list[str]], list[Any]]:

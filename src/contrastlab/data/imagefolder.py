@@ -41,9 +41,10 @@ class ImageFolderDataModule(OnDiskDataModule):
     monitor skips itself and checkpoints keep ``last.ckpt`` only).
 
     Every image is decoded to ``channels`` (3 = RGB, 1 = grey), its shorter side resized to
-    ``load_size`` (default ``image_size``) and centre-cropped square; the augmentation then crops to
-    ``image_size``. Validation is ``val_dir`` (same class sub-folders) when given, otherwise a
-    ``val_fraction`` of ``data_dir`` held out with ``seed`` (stratified when possible).
+    ``load_size`` (default ``image_size``) and centre-cropped square (``resize_mode=squash``: both sides
+    resized, no crop); the augmentation then crops to ``image_size``. Validation is ``val_dir`` (same
+    class sub-folders) when given, otherwise a ``val_fraction`` of ``data_dir`` held out with ``seed``
+    (stratified when possible).
 
     Bad data: the folder is scanned at construction (file names only, no decoding): a missing or
     empty folder, or an empty class folder, raises :class:`ImageFolderError`. An unreadable image met
@@ -62,8 +63,11 @@ class ImageFolderDataModule(OnDiskDataModule):
         channels: int = 3,
         num_classes: int | None = None,
         strict: bool = False,
+        resize_mode: str = "shortest",
         **kwargs: Any,
     ) -> None:
+        if resize_mode not in ("shortest", "squash"):
+            raise ImageFolderError(f"data.resize_mode={resize_mode} is not shortest or squash; set one of those.")
         if channels not in (1, 3):
             raise ImageFolderError(
                 f"data.channels={channels} is not supported for image folders; use 1 (grey) or 3 (RGB)."
@@ -73,6 +77,7 @@ class ImageFolderDataModule(OnDiskDataModule):
         kwargs["std"] = std if kwargs.get("std") is None else kwargs["std"]
         super().__init__(data_dir=data_dir, image_size=image_size, channels=channels, num_classes=num_classes, **kwargs)
         self.val_dir, self.strict, self.load_size = val_dir, strict, load_size or image_size
+        self.resize_mode = resize_mode
         self.samples, self.classes = find_image_samples(self.data_dir, "data.data_dir")  # type: ignore[arg-type]
         self.has_labels = bool(self.classes)
         if self.has_labels and num_classes is not None and num_classes != len(self.classes):
@@ -109,6 +114,6 @@ class ImageFolderDataModule(OnDiskDataModule):
             train, val = split_samples(self.samples, self.val_fraction, self.seed)
 
         def dataset(samples: list[tuple[str, int]]) -> ImageFileDataset:
-            return ImageFileDataset(samples, self.load_size, self.channels, self.strict, self.skipped)
+            return ImageFileDataset(samples, self.load_size, self.channels, self.strict, self.skipped, self.resize_mode)
 
         return dataset(train), dataset(val)

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from contrastlab.data.base import DataCapabilities
+
 DEMO_PATH = Path(__file__).resolve().parent / "assets" / "text_pairs_demo.jsonl"
 
 
@@ -68,7 +70,7 @@ def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class TextPairsDataModule(L.LightningDataModule):
+class TextPairsDataModule(DataCapabilities, L.LightningDataModule):
     """Args:
     path: the JSONL (default: the shipped demo). val_path: a separate val file (else ``val_fraction``).
     num_negatives: negatives used per row (None: all it has; 0: in-batch negatives only).

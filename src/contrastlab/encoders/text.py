@@ -6,7 +6,7 @@ The interface the objectives use::
     tower.needs_fit                       True while an offline vocabulary is still to be built
     tower.fit_tokenizer(texts)            build it from the training texts (no-op for Hugging Face)
     tower.tokenize(texts) -> dict         {"input_ids": (B, L), "attention_mask": (B, L), ...} on CPU
-    tower(**tokens) -> (B, out_dim)       pooled features (mean over real tokens, or the [CLS] token)
+    tower(**tokens) -> (B, out_dim)       pooled features (mean over real tokens, [CLS], ...)
     tower.encode(texts, device)           the two steps above
 """
 
@@ -16,17 +16,47 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastlab.encoders import st_folder
 from contrastlab.encoders.tokenizer import VocabTokenizer
 
 
-def _pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
-    """(B, L, W) -> (B, W): ``cls`` takes position 0, ``mean`` averages the unmasked positions."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+def _pool(hidden: Tensor, attention_mask: Tensor, pooling: str | Sequence[str]) -> Tensor:
+    """(B, L, W) token states -> (B, W * len(modes)), the modes of sentence-transformers' Pooling concatenated.
+
+    With ``m`` the attention mask (1 = real token) and ``n = sum_t m_t``: ``mean`` = sum_t m_t h_t / n,
+    ``mean_sqrt_len_tokens`` = sum_t m_t h_t / sqrt(n), ``max`` = max over real tokens, ``cls`` = the first real
+    token, ``lasttoken`` = the last real token, ``weightedmean`` = sum_t w_t h_t / sum_t w_t with
+    ``w_t = m_t (t + 1 - first)`` (``first``: index of the first real token).
+    """
+    modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
+    acc = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
+    mask = attention_mask.unsqueeze(-1).to(acc)
+    first = attention_mask.to(torch.int32).argmax(1)  # (B,)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    out = []
+    for mode in modes:
+        if mode == "cls":
+            out.append(hidden[rows, first])
+        elif mode == "lasttoken":
+            length = hidden.shape[1]
+            seen, back = attention_mask.flip(1).to(torch.int32).max(1)
+            out.append(hidden[rows, torch.where(seen == 0, 0, length - 1 - back)])
+        elif mode == "max":
+            out.append(hidden.masked_fill(attention_mask.unsqueeze(-1) == 0, float("-inf")).max(1).values)
+        elif mode in ("mean", "mean_sqrt_len_tokens"):
+            total, count = (hidden.to(acc) * mask).sum(1), mask.sum(1).clamp_min(1e-9)
+            out.append((total / (count if mode == "mean" else count.sqrt())).to(hidden.dtype))
+        elif mode == "weightedmean":
+            pos = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=acc).view(1, -1, 1)
+            weights = mask * (pos - first.view(-1, 1, 1).to(acc))
+            total = (hidden.to(acc) * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+            out.append(total.to(hidden.dtype))
+        else:
+            raise ValueError(f"unknown pooling mode '{mode}'")
+    return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
 
 
 def _check_pooling(pooling: str) -> None:
@@ -124,43 +154,124 @@ class TransformerTextEncoder(_TextTower):
         self.tokenizer.load_state_dict(state["tokenizer"])
 
 
+class _Dense(nn.Module):
+    """A sentence-transformers ``Dense`` module: ``activation(W x + b)``, (B, in) -> (B, out)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, activation: nn.Module) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation(self.linear(x))
+
+
+class _Normalize(nn.Module):
+    """A sentence-transformers ``Normalize`` module: ``x / ||x||_2`` per row."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1)
+
+
 class HFTextEncoder(_TextTower):
-    """Any Hugging Face ``transformers`` encoder by hub name or local directory (``AutoModel`` +
-    ``AutoTokenizer``), pooled by the mean of the last hidden states over real tokens or by the first
-    (``[CLS]``) token. Weights come from the hub (network) or a local path; ``local_files_only``
-    never touches the network. The tokenizer is re-created from ``name`` when a checkpoint is loaded.
+    """Any Hugging Face ``transformers`` encoder by hub name or local directory, read as sentence-transformers
+    reads it (:mod:`contrastlab.encoders.st_folder`): ``AutoModel`` + ``AutoTokenizer``, then the pooling the
+    folder declares (mean, cls, max, ...), then its ``Dense`` / ``Normalize`` modules, in order. So before any
+    training ``tower.encode(texts)`` is what ``SentenceTransformer(name).encode(texts)`` returns. A plain Hugging
+    Face model (no ``modules.json``) is mean-pooled.
+
+    Args:
+        name: hub name or local folder. pooling: override the folder's pooling (one of
+            :data:`~contrastlab.encoders.st_folder.POOLING_MODES`); None: the folder's (plain HF: mean).
+        max_length: tokens per text; None: the folder's ``max_seq_length`` (else the tokenizer's
+            ``model_max_length`` capped at the model's ``max_position_embeddings``).
+        local_files_only: never touch the network. revision: a hub revision.
+
+    Weights come from the hub (network) or a local path. The tokenizer and the layout are re-read from
+    ``name`` when a checkpoint is loaded (the weights then come from the checkpoint).
     """
 
     def __init__(
         self,
         name: str = "sentence-transformers/all-MiniLM-L6-v2",
-        pooling: str = "mean",
-        max_length: int = 64,
+        pooling: str | None = None,
+        max_length: int | None = None,
         local_files_only: bool = False,
         revision: str | None = None,
     ) -> None:
         super().__init__()
-        _check_pooling(pooling)
         from transformers import AutoModel, AutoTokenizer
 
+        if not name or str(name) == "???":
+            raise st_folder.ModelFolderError(
+                "text_encoder.name is required: set it to a hub name (e.g. sentence-transformers/all-MiniLM-L6-v2) "
+                "or to a local model folder."
+            )
+        self.layout = st_folder.read_layout(name, revision, local_files_only)
         kw: dict[str, Any] = {"local_files_only": local_files_only, "revision": revision}
+        if self.layout.transformer_path:
+            kw["subfolder"] = self.layout.transformer_path
         try:
             self.model = AutoModel.from_pretrained(name, **kw)
             self.hf_tokenizer = AutoTokenizer.from_pretrained(name, **kw)
-        except OSError as err:
-            raise OSError(
-                f"could not load the Hugging Face model '{name}' ({err.__class__.__name__}); set "
-                "text_encoder.name to a local directory saved with save_pretrained, or allow network access."
+        except (OSError, ValueError, KeyError) as err:
+            why = str(err).strip().splitlines()[0][:160] if str(err).strip() else err.__class__.__name__
+            raise st_folder.ModelFolderError(
+                f"could not load the Hugging Face model text_encoder.name={name} ({why}); set text_encoder.name to a "
+                "folder saved with save_pretrained or SentenceTransformer.save, or to a hub name (with network access)."
             ) from err
-        self.name, self.pooling, self.max_length = name, pooling, max_length
-        self.out_dim = int(self.model.config.hidden_size)
+        self.name, self.revision, self.local_files_only = name, revision, local_files_only
+        modes = self.layout.pooling if pooling is None else st_folder.check_pooling((str(pooling),))
+        self.pooling = modes[0] if len(modes) == 1 else modes
+        self.max_length = int(max_length) if max_length else self._default_max_length()
+        width = int(self.model.config.hidden_size) * len(modes)
+        post: list[nn.Module] = []
+        for step in self.layout.after_pooling:
+            if isinstance(step, str):
+                post.append(_Normalize())
+                continue
+            if step.in_features != width:
+                raise st_folder.ModelFolderError(
+                    f"text_encoder.name={name}: the Dense module in {step.path}/ takes {step.in_features} features but "
+                    f"gets {width}; leave text_encoder.pooling=null to use the folder's own pooling."
+                )
+            dense = _Dense(step.in_features, step.out_features, step.bias, st_folder.activation(step.activation, name))
+            dense.linear.load_state_dict(
+                {
+                    k.removeprefix("linear."): v
+                    for k, v in st_folder.dense_state(name, step, revision, local_files_only).items()
+                }
+            )
+            post.append(dense)
+            width = step.out_features
+        self.post = nn.Sequential(*post)
+        self.out_dim = width
+
+    def _default_max_length(self) -> int:
+        if self.layout.max_seq_length:
+            return self.layout.max_seq_length
+        limit = int(getattr(self.hf_tokenizer, "model_max_length", 0) or 0)
+        positions = int(getattr(self.model.config, "max_position_embeddings", -1) or -1)
+        if positions > 0:
+            limit = min(limit, positions) if limit > 0 else positions
+        return limit if 0 < limit < 1_000_000 else 512
+
+    @property
+    def pooling_modes(self) -> tuple[str, ...]:
+        return (self.pooling,) if isinstance(self.pooling, str) else tuple(self.pooling)
+
+    def prepare(self, texts: Sequence[str]) -> list[str]:
+        """Texts as the folder says they are fed: the default prompt first, lower-cased if ``do_lower_case``."""
+        prompt = self.layout.prompt
+        out = [prompt + t for t in texts] if prompt else list(texts)
+        return [t.lower() for t in out] if self.layout.do_lower_case else out
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         out = self.hf_tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            self.prepare(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         return dict(out)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, **kw: Tensor) -> Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
-        return _pool(hidden, attention_mask, self.pooling)
+        return self.post(_pool(hidden, attention_mask, self.pooling))

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import lightning as L
 import torch
 
+from contrastlab.data.base import DataCapabilities
 from contrastlab.evaluation.embed_cache import split_embeddings
 from contrastlab.evaluation.knn import knn_accuracy
+
+
+def init_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``{name + "_init": value}``: the metrics of the starting weights (chance levels, which training does not
+    change, left out)."""
+    return {f"{k}_init": v for k, v in metrics.items() if not k.endswith("_chance")}
+
+
+def log_at_start(trainer: L.Trainer, metrics: Mapping[str, float]) -> None:
+    """Write ``metrics`` (the numbers of the starting weights, ``*_init``) once at step 0 to every logger and into
+    ``trainer.callback_metrics``, so they reach ``metrics.json`` next to the trained values."""
+    for lg in trainer.loggers:
+        lg.log_metrics(dict(metrics), step=0)
+    for name, value in metrics.items():
+        trainer.callback_metrics[name] = torch.tensor(value)
 
 
 class KNNMonitor(L.Callback):
@@ -36,7 +54,8 @@ class KNNMonitor(L.Callback):
 
     def _enabled(self, trainer: L.Trainer) -> bool:
         dm = trainer.datamodule  # type: ignore[attr-defined]
-        return dm is not None and getattr(dm, "has_labels", False) and not trainer.sanity_checking
+        # a datamodule that declares no capabilities (from elsewhere) is not assumed to have labels
+        return isinstance(dm, DataCapabilities) and dm.has_labels and not trainer.sanity_checking
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.log_init or not self._enabled(trainer) or self.init_value is not None:
@@ -44,9 +63,7 @@ class KNNMonitor(L.Callback):
         if trainer.global_step > 0:  # resumed run: the baseline was logged by the original run
             return
         self.init_value = self.compute(pl_module, trainer.datamodule)["val/knn_top1"]  # type: ignore[attr-defined]
-        for lg in trainer.loggers:
-            lg.log_metrics({"val/knn_top1_init": self.init_value}, step=0)
-        trainer.callback_metrics["val/knn_top1_init"] = torch.tensor(self.init_value)
+        log_at_start(trainer, {"val/knn_top1_init": self.init_value})
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._enabled(trainer):

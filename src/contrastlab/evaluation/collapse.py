@@ -18,13 +18,12 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from contrastlab.data.base import capabilities
 from contrastlab.evaluation.embed_cache import split_embeddings
-from contrastlab.evaluation.health import embedding_health
+from contrastlab.evaluation.health import CollapseWarning, embedding_health
 from contrastlab.evaluation.pairs import augmented_pairs, embed_pairs
 
-
-class CollapseWarning(UserWarning):
-    """The embedding space has collapsed (a watched health metric fell below its threshold)."""
+__all__ = ["CollapseMonitor", "CollapseWarning", "measure_health"]
 
 
 def measure_health(
@@ -38,14 +37,7 @@ def measure_health(
     ``max_samples`` of them) and, for alignment, on ``alignment_pairs`` augmented validation pairs."""
     z, _ = split_embeddings(pl_module, datamodule, "val")
     views = augmented_pairs(datamodule, alignment_pairs, seed) if alignment_pairs > 0 else None
-    pairs = None
-    if views is not None:
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            pairs = embed_pairs(pl_module.embed, views, pl_module.device)  # type: ignore[arg-type]
-        finally:
-            pl_module.train(was_training)
+    pairs = embed_pairs(pl_module.embed, views, pl_module.device) if views is not None else None  # eval mode
     return embedding_health(z, pairs, max_samples=max_samples, seed=seed)
 
 
@@ -86,7 +78,7 @@ class CollapseMonitor(L.Callback):
 
     def _enabled(self, trainer: L.Trainer) -> bool:
         dm = getattr(trainer, "datamodule", None)  # text-only data (no images to embed): nothing to measure
-        return dm is not None and getattr(dm, "has_images", True) and not trainer.sanity_checking
+        return dm is not None and capabilities(dm).has_images and not trainer.sanity_checking
 
     def measure(self, pl_module: L.LightningModule, datamodule: Any) -> dict[str, float]:
         return measure_health(pl_module, datamodule, self.max_samples, self.alignment_pairs, self.seed)

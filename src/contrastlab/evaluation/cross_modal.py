@@ -25,9 +25,11 @@ from torch import Tensor
 def retrieval_ranks(
     queries: Tensor, gallery: Tensor, query_ids: Tensor, gallery_ids: Tensor, chunk_size: int = 1024
 ) -> Tensor:
-    """(Q,) long: the 1-based rank of each query's best-ranked relevant gallery item (same id)."""
-    q = F.normalize(queries.float(), dim=1)
-    g = F.normalize(gallery.float(), dim=1)
+    """(Q,) long: the 1-based rank of each query's best-ranked relevant gallery item (same id); scored in
+    float32, or float64 when both sets are float64."""
+    dtype = torch.float64 if queries.dtype == gallery.dtype == torch.float64 else torch.float32
+    q = F.normalize(queries.to(dtype), dim=1)
+    g = F.normalize(gallery.to(dtype), dim=1)
     gallery_ids = gallery_ids.to(g.device)
     ranks = []
     for qc, idc in zip(q.split(chunk_size), query_ids.to(q.device).split(chunk_size), strict=True):

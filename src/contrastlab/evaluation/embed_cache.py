@@ -30,12 +30,8 @@ def split_embeddings(pl_module: L.LightningModule, datamodule: Any, split: str) 
     memo: dict = pl_module.__dict__.setdefault(_ATTR, {})
     if in_fit and key in memo:
         return memo[key]
-    was_training = pl_module.training
-    pl_module.eval()
-    try:
-        out = embed_loader(pl_module.embed, getattr(datamodule, _LOADERS[split])(), pl_module.device)  # type: ignore[arg-type]
-    finally:
-        pl_module.train(was_training)
+    feats, labels = embed_loader(pl_module.embed, getattr(datamodule, _LOADERS[split])(), pl_module.device)
+    out = (feats, labels)
     if in_fit:
         for old in [k for k in memo if k[1] != key[1]]:
             del memo[old]

@@ -12,7 +12,9 @@ the spectrum, float32 otherwise) and return Python floats.
   normalised singular values of ``z`` (not centred) and ``0 log 0 = 0``; between 1 (rank one, e.g.
   all rows identical) and ``min(N, D)``; 0 for an all-zero matrix.
 * ``dimension_std(z)``: mean over dimensions of the (unbiased) std over samples of the
-  L2-normalised embeddings; ``1/sqrt(D)`` for embeddings spread isotropically, 0 when collapsed.
+  L2-normalised embeddings; ``1/sqrt(D)`` for embeddings spread isotropically, 0 when collapsed
+  (the one embedding-std metric: the collapse monitor's ``val/dim_std`` and the collapse guard's
+  ``train/embedding_spread``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+class CollapseWarning(UserWarning):
+    """The embedding space has collapsed (a watched health metric, e.g. :func:`dimension_std`, fell below
+    its threshold); issued by the collapse monitor and the triplet objective's collapse guard."""
 
 
 def _normalize(z: Tensor) -> Tensor:

@@ -6,27 +6,34 @@ them never changes the training run's random stream.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
+from contrastlab.data.base import ContrastiveDataModule
 from contrastlab.data.transforms import MultiView, to_float_image
+from contrastlab.evaluation.embed import embed_loader
 
 
 def augmented_pairs(datamodule: object, n: int = 512, seed: int = 0) -> tuple[Tensor, Tensor] | None:
     """Two (n, C, H, W) batches of augmented views of the first ``n`` validation images, or None
-    when the datamodule has no augmentation or its items are not ``(image, label)`` pairs."""
-    augment = getattr(datamodule, "augment", None)
-    if augment is None or getattr(datamodule, "has_captions", False) or n < 1:
+    when the datamodule is no image :class:`~contrastlab.data.base.ContrastiveDataModule` (or serves
+    captions), has no augmentation, or its items are not ``(image, label)`` pairs."""
+    if not isinstance(datamodule, ContrastiveDataModule) or datamodule.has_captions or n < 1:
         return None
-    datamodule.setup()  # type: ignore[attr-defined]
-    base = getattr(datamodule, "val_base", None)
+    augment = datamodule.augment
+    if augment is None:
+        return None
+    datamodule.setup()
+    base = datamodule.val_base
     if base is None:
         return None
     items = [base[i] for i in range(min(n, len(base)))]
     if not all(isinstance(item, tuple | list) for item in items):
         return None
     images = [to_float_image(item[0]) for item in items]
-    normalize = datamodule.normalize  # type: ignore[attr-defined]
+    normalize = datamodule.normalize
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if getattr(augment, "batched", False):  # e.g. BatchSimCLRAugment: whole batches at once
@@ -37,13 +44,10 @@ def augmented_pairs(datamodule: object, n: int = 512, seed: int = 0) -> tuple[Te
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-@torch.no_grad()
 def embed_pairs(
-    embed: object, pairs: tuple[Tensor, Tensor], device: torch.device | str, batch_size: int = 256
+    embed: Callable[[Tensor], Tensor], pairs: tuple[Tensor, Tensor], device: torch.device | str, batch_size: int = 256
 ) -> tuple[Tensor, Tensor]:
-    """Embed both views with ``embed`` ((B, ...) -> (B, D)) in batches; float32 on CPU."""
-    out = []
-    for views in pairs:
-        parts = [embed(v.to(device)).float().cpu() for v in views.split(batch_size)]  # type: ignore[operator]
-        out.append(torch.cat(parts))
-    return out[0], out[1]
+    """Embed both views with ``embed`` ((B, ...) -> (B, D)) in batches of ``batch_size`` (eval mode,
+    no gradients); float32 on CPU."""
+    a, b = (embed_loader(embed, views.split(batch_size), device, key=None, fields=())[0] for views in pairs)
+    return a, b

@@ -15,6 +15,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from contrastlab.data.base import capabilities
 from contrastlab.evaluation.embed_cache import split_embeddings
 from contrastlab.evaluation.plots import plot_title, save_embedding_plots
 
@@ -71,7 +72,7 @@ class EmbeddingPlotCallback(L.Callback):
 
     def _active(self, trainer: L.Trainer) -> bool:
         dm = getattr(trainer, "datamodule", None)
-        has_images = dm is not None and getattr(dm, "has_images", True)
+        has_images = dm is not None and capabilities(dm).has_images
         return bool(self.methods) and not self.skip and has_images and trainer.is_global_zero
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -91,7 +92,7 @@ class EmbeddingPlotCallback(L.Callback):
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "plots")
         paths = save_embedding_plots(
             feats,
-            labels if getattr(dm, "has_labels", True) else None,
+            labels if capabilities(dm).has_labels else None,
             out,
             self.methods,
             title,

@@ -12,7 +12,8 @@ every item ``i`` the ``num_negatives`` negatives are taken from its neighbours o
 
 ``sampling="top"`` keeps the highest-ranked survivors, ``"random"`` draws them uniformly from the
 window. Items with too few survivors are filled with random valid negatives (counted in the stats).
-The datamodule then serves each item's mined negatives (:class:`MinedNegativesDataset`).
+The datamodule then serves each item's mined negatives (:class:`MinedNegativesDataset`), through the
+:class:`~contrastlab.negatives.kinds.MiningDataSource` seam.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from contrastlab.negatives.miners import TripletCandidates, TripletMiner
+from contrastlab.negatives.candidates import TripletCandidates
+from contrastlab.negatives.kinds import MiningDataSource, OfflineMiner
+from contrastlab.negatives.miners import TripletMiner
 
 
 def _index(dim: int, use_gpu: bool) -> Any:
@@ -149,13 +152,13 @@ class MinedNegativesDataset(Dataset):
         return item
 
 
-class AnnMined(TripletMiner):
+class AnnMined(TripletMiner, OfflineMiner):
     """``sampler=ann_mined``: the batch plus every item's mined negatives are the keys; ``mining``
     picks the triplets among them (default ``batch_hard``: each anchor's hardest negative, mined or
-    in-batch). Hooks the objective calls: :meth:`attach` (setup), :meth:`on_fit_start`,
-    :meth:`on_train_epoch_start`. The table is a registered buffer (saved in checkpoints)."""
-
-    serves = ("triplets",)
+    in-batch). The objective drives it (:class:`~contrastlab.negatives.kinds.OfflineMiner`):
+    :meth:`attach` at set-up hands the datamodule the table to serve; at fit start and every epoch
+    start, when :meth:`due`, :meth:`refresh` with the objective's embedding function. The table is a
+    registered buffer (saved in checkpoints)."""
 
     def __init__(
         self,
@@ -180,7 +183,7 @@ class AnnMined(TripletMiner):
         self.use_gpu, self.seed = use_gpu, seed
         self.register_buffer("table", torch.full((0, num_negatives), -1, dtype=torch.long))
         self.register_buffer("mined_epoch", torch.full((), -1, dtype=torch.long))
-        self.shared_table: Tensor | None = None  # CPU shared-memory copy read by the dataset
+        self.shared_table: Tensor | None = None  # CPU shared-memory copy served by the datamodule
         self.positives = "labels"
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -188,23 +191,37 @@ class AnnMined(TripletMiner):
         if saved is not None and saved.shape != self.table.shape:
             self.table = torch.full_like(saved, -1, device=self.table.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if saved is not None and self.shared_table is not None:  # a restored table is served as it is
+            if self.shared_table.shape != self.table.shape:
+                raise ValueError(
+                    f"the checkpoint's mined negatives cover {self.table.shape[0]} training items but the training "
+                    f"set has {self.shared_table.shape[0]}; resume with the data settings the run was trained with."
+                )
+            self.shared_table.copy_(self.table.cpu())
 
-    def attach(self, datamodule: Any, positives: str) -> None:
-        """Install the dataset wrapper on ``datamodule`` (before its train dataloader is built)."""
+    def attach(self, source: MiningDataSource, positives: str) -> None:
+        """Size the table for ``source``'s training set (before its train dataloader is built) and hand
+        ``source`` the shared copy to serve (:meth:`MiningDataSource.set_mined_negatives`)."""
         self.positives = positives
-        datamodule.setup()
-        n = len(datamodule.train_base)
+        n = len(source.train_loader_for_mining().dataset)  # type: ignore[arg-type]
         if self.table.shape[0] != n:
             self.table = torch.full((n, self.num_negatives), -1, dtype=torch.long, device=self.table.device)
-        self.shared_table = torch.full((n, self.num_negatives), -1, dtype=torch.long).share_memory_()
-        table = self.shared_table
-        datamodule.train_dataset_wrapper = lambda ds: MinedNegativesDataset(ds, table)
+            self.mined_epoch.fill_(-1)
+        self.shared_table = self.table.cpu().clone().share_memory_()
+        source.set_mined_negatives(self.shared_table)
+
+    def due(self, epoch: int, fit_start: bool) -> bool:
+        """At fit start: unless a table was mined already (e.g. restored from a checkpoint); at the start
+        of ``epoch``: every ``refresh_every_n_epochs`` epochs, once."""
+        if fit_start:
+            return int(self.mined_epoch) < 0
+        return epoch % self.refresh_every == 0 and int(self.mined_epoch) != epoch
 
     @torch.no_grad()
     def refresh(
         self,
         embed: Callable[[Tensor], Tensor],
-        loader: Iterable[dict],
+        loader: Iterable[dict[str, Any]],
         device: Any,
         epoch: int,
         progress: bool = True,
@@ -232,36 +249,14 @@ class AnnMined(TripletMiner):
             self.shared_table.copy_(table)
         return stats
 
-    def _refresh_from(self, objective: Any, epoch: int) -> dict[str, float]:
-        was_training = objective.training
-        objective.eval()
-        try:
-            dm = objective.trainer.datamodule
-            return self.refresh(
-                objective.project,
-                dm.eval_train_dataloader(),
-                objective.device,
-                epoch,
-                progress=objective.trainer.is_global_zero,
-            )
-        finally:
-            objective.train(was_training)
-
-    def on_fit_start(self, objective: Any) -> dict[str, float]:
-        """Mine before the first batch is fetched, unless a restored checkpoint brought a table."""
-        if int(self.mined_epoch) >= 0 and self.shared_table is not None:
-            self.shared_table.copy_(self.table.cpu())
-            return {}
-        return self._refresh_from(objective, objective.current_epoch)
-
-    def on_train_epoch_start(self, objective: Any) -> dict[str, float]:
-        epoch = objective.current_epoch
-        if epoch % self.refresh_every or int(self.mined_epoch) == epoch:
-            return {}
-        return self._refresh_from(objective, epoch)
-
     def candidates(
-        self, z: Tensor, ids: Tensor, labels: Tensor, positives: str, batch: dict, embed: Any = None
+        self,
+        z: Tensor,
+        ids: Tensor,
+        labels: Tensor,
+        positives: str,
+        batch: dict[str, Any],
+        embed: Callable[[Tensor], Tensor] | None = None,
     ) -> TripletCandidates:
         """Keys: the batch (gathered across ranks), then this rank's mined negatives (``embed``)."""
         cands = super().candidates(z, ids, labels, positives, batch, embed)

@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from contrastlab import distributed
+from contrastlab.negatives.candidates import Candidates
+from contrastlab.negatives.kinds import CandidateSampler, PairKeys
 
 
-@dataclass
-class Candidates:
-    """What an InfoNCE-style loss sees.
-
-    queries (N, D); keys (M, D); ``positive_index`` (N,) or ``positive_mask`` (N, M);
-    ``exclude_index`` (N,) removes each query's own copy from the denominator.
-    """
-
-    queries: Tensor
-    keys: Tensor
-    positive_index: Tensor | None = None
-    positive_mask: Tensor | None = None
-    exclude_index: Tensor | None = None
-
-    def loss_kwargs(self) -> dict[str, Tensor | None]:
-        return {
-            "positive_index": self.positive_index,
-            "positive_mask": self.positive_mask,
-            "exclude_index": self.exclude_index,
-        }
-
-
-class InBatch(nn.Module):
-    """Every other view in the (global) batch is a negative.
+class InBatch(CandidateSampler, PairKeys):
+    """Every other view in the (global) batch is a negative (a candidate-set sampler for SimCLR, the
+    keys of a pair loss for the two-tower objectives).
 
     For two views ``z1, z2`` (N, D) the queries are the local ``[z1; z2]`` (2N rows); the keys
     are the same rows from every rank when ``gather_across_ranks`` (rank-major blocks of 2N),
     so each anchor sees ``2N * world_size - 2`` negatives.
     """
-
-    needs_labels = False
 
     def __init__(self, gather_across_ranks: bool = True) -> None:
         super().__init__()
@@ -56,7 +33,8 @@ class InBatch(nn.Module):
         idx = torch.arange(2 * n, device=queries.device)
         return Candidates(queries, keys, positive_index=offset + (idx + n) % (2 * n), exclude_index=offset + idx)
 
-    def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> Candidates:
+    def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, ids: Tensor | None = None) -> Candidates:
+        """:meth:`pairs` (``ids`` are not needed: the positive is the other view)."""
         return self.pairs(z1, z2, labels)
 
     def two_tower_keys(self, a: Tensor, b: Tensor, b_negatives: Tensor | None = None) -> dict[str, Tensor | int]:

@@ -12,19 +12,22 @@ resumed run continues with the same queue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from contrastlab import distributed
-from contrastlab.negatives.in_batch import Candidates
-from contrastlab.negatives.miners import TripletCandidates, TripletMiner
+from contrastlab.negatives.candidates import Candidates, TripletCandidates
+from contrastlab.negatives.kinds import BindsEncoder, CandidateSampler, Memory, NeedsIds
+from contrastlab.negatives.miners import TripletMiner
 from contrastlab.negatives.momentum import MomentumEncoder
 
 
-class MemoryBank(TripletMiner):
-    """``sampler=memory_bank``.
+class MemoryBank(TripletMiner, CandidateSampler, Memory, NeedsIds, BindsEncoder):
+    """``sampler=memory_bank``: a miner (triplet) and a candidate-set sampler (InfoNCE) with a memory;
+    it needs the batch's ids and binds a momentum key encoder to the objective's network.
 
     Args:
         size: rows in the queue; must hold at least one global batch of enqueued rows.
@@ -36,9 +39,6 @@ class MemoryBank(TripletMiner):
         mining: the triplet strategy over batch + queue (``batch_hard``, ``semi_hard``, ``batch_all``).
         gather_across_ranks: the batch part of the keys comes from every rank.
     """
-
-    serves = ("candidates", "triplets")
-    needs_ids = True
 
     def __init__(
         self,
@@ -147,7 +147,13 @@ class MemoryBank(TripletMiner):
         return Candidates(queries, keys, positive_mask=mask, exclude_index=cands.self_index)
 
     def candidates(
-        self, z: Tensor, ids: Tensor, labels: Tensor, positives: str, batch: dict, embed: Any = None
+        self,
+        z: Tensor,
+        ids: Tensor,
+        labels: Tensor,
+        positives: str,
+        batch: dict[str, Any],
+        embed: Callable[[Tensor], Tensor] | None = None,
     ) -> TripletCandidates:
         """Triplet candidates: the batch (gathered) then the queue, targets = labels or image ids."""
         cands = super().candidates(z, ids, labels, positives, batch, embed)

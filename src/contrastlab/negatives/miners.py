@@ -25,57 +25,18 @@ sorted once and ``searchsorted`` finds the semi-hard / active negatives.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from contrastlab import distributed
 from contrastlab.losses.triplet import pairwise_distance, rowwise_searchsorted
+from contrastlab.negatives.candidates import MinedTriplets, TripletCandidates
+from contrastlab.negatives.kinds import Miner
 
 STRATEGIES = ("batch_hard", "semi_hard", "batch_all")
-
-
-@dataclass
-class TripletCandidates:
-    """What a triplet miner sees: queries (N, D) are the anchors, keys (M, D) the candidates.
-
-    ``query_targets`` (N,) and ``key_targets`` (M,) decide positives (equal, >= 0) and negatives
-    (different, both >= 0); ``self_index`` (N,) is each query's own column among the keys (never its
-    own positive).
-    """
-
-    queries: Tensor
-    keys: Tensor
-    query_targets: Tensor
-    key_targets: Tensor
-    self_index: Tensor | None = None
-
-
-@dataclass
-class MinedTriplets:
-    """Index triplets (anchors index query rows; positives and negatives index key columns) or,
-    for batch-all, the positive/negative masks (N, M). ``stats`` are scalars for logging."""
-
-    anchor_idx: Tensor | None = None
-    positive_idx: Tensor | None = None
-    negative_idx: Tensor | None = None
-    positive_mask: Tensor | None = None
-    negative_mask: Tensor | None = None
-    stats: dict[str, Tensor] = field(default_factory=dict)
-
-    def loss_kwargs(self) -> dict[str, Tensor | None]:
-        return {
-            "anchor_idx": self.anchor_idx,
-            "positive_idx": self.positive_idx,
-            "negative_idx": self.negative_idx,
-            "positive_mask": self.positive_mask,
-            "negative_mask": self.negative_mask,
-        }
-
-    @property
-    def num_triplets(self) -> int:
-        return int(self.stats["num_triplets"])
 
 
 def check_strategy(strategy: str) -> None:
@@ -237,14 +198,12 @@ def mine_triplets(
     return mined.anchor_idx, mined.positive_idx, mined.negative_idx  # type: ignore[return-value]
 
 
-class TripletMiner(nn.Module):
+class TripletMiner(Miner):
     """The ``sampler=batch_hard|semi_hard|batch_all`` strategy for the triplet objective.
 
     :meth:`candidates` builds the candidate set (the local batch against the batch gathered from
     every rank when ``gather_across_ranks``); :meth:`mine` picks triplets on its distance matrix.
     """
-
-    serves = ("triplets",)
 
     def __init__(self, strategy: str = "semi_hard", gather_across_ranks: bool = True) -> None:
         super().__init__()
@@ -262,7 +221,13 @@ class TripletMiner(nn.Module):
         return TripletCandidates(z, keys, targets, key_targets, self_index)
 
     def candidates(
-        self, z: Tensor, ids: Tensor, labels: Tensor, positives: str, batch: dict, embed=None
+        self,
+        z: Tensor,
+        ids: Tensor,
+        labels: Tensor,
+        positives: str,
+        batch: dict[str, Any],
+        embed: Callable[[Tensor], Tensor] | None = None,
     ) -> TripletCandidates:
         return self.batch_candidates(z, labels if positives == "labels" else ids)
 

@@ -3,19 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from contrastlab.errors import BadInputError
+from contrastlab.errors import ConfigError
+from contrastlab.negatives.kinds import BindsEncoder, NegativeSampler
 from contrastlab.objectives.grad_cache import GradCache
 from contrastlab.objectives.optim import param_groups, scaled_lr
 
 
-class CheckpointMismatchError(BadInputError, ValueError):
+class CheckpointMismatchError(ConfigError):
     """A checkpoint written by another objective (the message says which, and what to change)."""
+
+
+def check_objective(trained: str, expected: str, source: str = "the checkpoint", setting: str = "objective") -> None:
+    """The one "written by another objective" check: :class:`CheckpointMismatchError` unless the
+    checkpoint's objective ``trained`` is ``expected``.
+
+    ``source`` names the checkpoint (``ckpt_path=<file>``); ``setting`` is the override that asked for
+    ``expected``: ``objective`` (a run continuing the checkpoint) or e.g. ``expect_objective`` (an
+    evaluation that only accepts ``expected``), and decides the advice.
+    """
+    if trained == expected:
+        return
+    if setting == "objective":
+        wanted, fix = f"but this run is objective={expected}", f"set objective={trained} to continue it"
+    else:
+        wanted, fix = f"not {expected}", f"drop {setting}={expected}"
+    raise CheckpointMismatchError(
+        f"{source} was trained with objective={trained}, {wanted}; pass a {expected} checkpoint, or {fix}."
+    )
 
 
 class ContrastiveObjective(L.LightningModule):
@@ -25,7 +45,9 @@ class ContrastiveObjective(L.LightningModule):
         encoder: image tower, (B, C, H, W) -> (B, encoder.out_dim); evaluation uses its output.
         head: projection head on top of the encoder; the loss sees its output.
         loss: a loss module from :mod:`contrastlab.losses`.
-        negatives: a strategy from :mod:`contrastlab.negatives` (candidate set or miner).
+        negatives: a strategy from :mod:`contrastlab.negatives` of the kind ``sampler_kind`` (see
+            :mod:`contrastlab.negatives.kinds`); one that :class:`~contrastlab.negatives.kinds.BindsEncoder`
+            is bound to ``(encoder, head)``.
         optimizer: ``partial`` of a ``torch.optim.Optimizer`` (Hydra ``_partial_: true``).
         scheduler: ``partial`` taking ``(optimizer, total_steps)``, or None.
         batch_size: per-process batch size, for learning-rate scaling.
@@ -42,13 +64,17 @@ class ContrastiveObjective(L.LightningModule):
     objective_name = "base"
     #: whether training_step embeds through ``self.grad_cache`` (SimCLR, CLIP, bi-encoder)
     supports_grad_cache = False
+    #: what the loss scores: ``candidates`` (InfoNCE), ``triplets`` or ``pairs`` (two towers); None: unchecked
+    consumes: ClassVar[str | None] = None
+    #: the kind of sampler the objective drives (config/checks.py refuses another before start-up)
+    sampler_kind: ClassVar[type[NegativeSampler]] = NegativeSampler
 
     def __init__(
         self,
         encoder: nn.Module,
         head: nn.Module,
         loss: nn.Module,
-        negatives: nn.Module,
+        negatives: NegativeSampler,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         batch_size: int = 256,
@@ -67,6 +93,14 @@ class ContrastiveObjective(L.LightningModule):
                 f"objective={self.objective_name} does not support gradient caching; "
                 "set objective.grad_cache.micro_batch_size=null."
             )
+        if not isinstance(negatives, self.sampler_kind):
+            kind = self.sampler_kind
+            raise ConfigError(
+                f"objective={self.objective_name} needs a {kind.role} sampler, got {type(negatives).__name__}; "
+                f"set sampler={kind.choices}."
+            )
+        if isinstance(negatives, BindsEncoder):  # e.g. a momentum key encoder copies (encoder, head)
+            negatives.bind(encoder, head)
         self.compile_encoder = compile_encoder
         self.run_config: dict | None = None  # the resolved Hydra config, set by train.py, saved in checkpoints
 
@@ -103,11 +137,16 @@ class ContrastiveObjective(L.LightningModule):
             return self.batch_size
         return self.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
+    def optimizer_groups(self, weight_decay: float, lr_factor: float = 1.0) -> list[dict]:
+        """The optimizer's parameter groups (:func:`~contrastlab.objectives.optim.param_groups`); an objective
+        that gives some parameters their own learning rate scales it by ``lr_factor`` like the base rate."""
+        return param_groups(self, weight_decay)
+
     def configure_optimizers(self) -> Any:
         base_lr = self.optimizer_factory.keywords.get("lr", 1e-3)  # type: ignore[attr-defined]
         weight_decay = self.optimizer_factory.keywords.get("weight_decay", 0.0)  # type: ignore[attr-defined]
         lr = scaled_lr(base_lr, self.global_batch_size(), self.lr_scaling, self.base_batch_size)
-        optimizer = self.optimizer_factory(param_groups(self, weight_decay), lr=lr)
+        optimizer = self.optimizer_factory(self.optimizer_groups(weight_decay, lr / base_lr), lr=lr)
         if self.scheduler_factory is None:
             return optimizer
         total = self.trainer.estimated_stepping_batches
@@ -121,9 +160,5 @@ class ContrastiveObjective(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another objective (its weights would not fit, or fit wrongly)."""
         trained = (checkpoint.get("contrastlab") or {}).get("objective")
-        if trained is not None and trained != self.objective_name:
-            raise CheckpointMismatchError(
-                f"the checkpoint was trained with objective={trained}, but this run is "
-                f"objective={self.objective_name}; pass a {self.objective_name} checkpoint, or set "
-                f"objective={trained} to continue it."
-            )
+        if trained is not None:
+            check_objective(str(trained), self.objective_name)

@@ -1,30 +1,26 @@
 """Collapse guard: the spread of the training embeddings, accumulated over an epoch.
 
-Spread = mean over dimensions of the per-dimension standard deviation of the L2-normalised
-embeddings (D dims): about ``1/sqrt(D)`` for embeddings spread over the sphere, 0 when every
-embedding is the same point (collapse, a known failure of hard-negative mining).
+Spread = :func:`contrastlab.evaluation.health.dimension_std`, the mean over dimensions of the
+per-dimension standard deviation of the L2-normalised embeddings (D dims): about ``1/sqrt(D)`` for
+embeddings spread over the sphere, 0 when every embedding is the same point (collapse, a known
+failure of hard-negative mining).
 """
 
 from __future__ import annotations
 
 import warnings
 
-import torch.nn.functional as F
 from torch import Tensor
 
+from contrastlab.evaluation.health import CollapseWarning, dimension_std
 
-def embedding_spread(z: Tensor) -> Tensor:
-    """Mean per-dimension std of the L2-normalised rows of ``z`` (N, D), N >= 2 -> scalar."""
-    return F.normalize(z.detach().float(), dim=1).std(0).mean()
-
-
-class CollapseWarning(UserWarning):
-    """The embedding spread fell below ``collapse_threshold``."""
+__all__ = ["CollapseGuard", "CollapseWarning"]
 
 
 class CollapseGuard:
-    """Averages :func:`embedding_spread` over the batches of an epoch; :meth:`epoch_end` returns the
-    mean and warns (once per run) when it is below ``threshold`` (``None`` disables the warning)."""
+    """Averages :func:`~contrastlab.evaluation.health.dimension_std` over the batches of an epoch;
+    :meth:`epoch_end` returns the mean and warns (once per run) when it is below ``threshold``
+    (``None`` disables the warning)."""
 
     def __init__(self, threshold: float | None = 0.02) -> None:
         self.threshold = threshold
@@ -33,7 +29,7 @@ class CollapseGuard:
 
     def update(self, z: Tensor) -> None:
         if z.shape[0] >= 2:
-            self._sum += float(embedding_spread(z))
+            self._sum += dimension_std(z)
             self._count += 1
 
     def epoch_end(self) -> float | None:

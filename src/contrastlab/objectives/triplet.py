@@ -8,6 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from contrastlab.data.base import ContrastiveDataModule, capabilities
+from contrastlab.losses.triplet import TripletMarginLoss
+from contrastlab.negatives.kinds import Memory, Miner, MiningDataSource, OfflineMiner
 from contrastlab.objectives.base import ContrastiveObjective
 from contrastlab.objectives.collapse_guard import CollapseGuard
 
@@ -21,6 +24,11 @@ class Triplet(ContrastiveObjective):
     strategy builds the candidate keys, the loss computes one distance matrix, the strategy mines on
     it (without gradients) and the loss scores the mined triplets on it (with gradients).
 
+    The sampler is a :class:`~contrastlab.negatives.kinds.Miner`; one with a
+    :class:`~contrastlab.negatives.kinds.Memory` stores the batch after the loss; an
+    :class:`~contrastlab.negatives.kinds.OfflineMiner` is attached to the datamodule at set-up and
+    refreshed, with :meth:`project` as its embedding function, at fit start and epoch starts.
+
     Args:
         positives: ``labels`` or ``views``.
         collapse_threshold: warn once when the epoch's embedding spread falls below it (None: never).
@@ -28,6 +36,8 @@ class Triplet(ContrastiveObjective):
 
     objective_name = "triplet"
     consumes = "triplets"
+    sampler_kind = Miner
+    negatives: Miner
 
     def __init__(
         self, *args: Any, positives: str = "labels", collapse_threshold: float | None = 0.02, **kwargs: Any
@@ -35,44 +45,59 @@ class Triplet(ContrastiveObjective):
         super().__init__(*args, **kwargs)
         if positives not in POSITIVES:
             raise ValueError(f"objective.positives must be one of {', '.join(POSITIVES)}, got '{positives}'.")
-        if not hasattr(self.negatives, "mine"):
-            raise ValueError(
-                f"objective=triplet needs a mining sampler, got {type(self.negatives).__name__}; "
-                "set sampler=semi_hard (or batch_hard, batch_all, memory_bank, ann_mined)."
-            )
-        if not hasattr(self.loss, "from_distances"):
+        if not isinstance(self.loss, TripletMarginLoss):
             raise ValueError(f"objective=triplet needs loss=triplet, got {type(self.loss).__name__}.")
         self.positives = positives
         self.collapse_guard = CollapseGuard(collapse_threshold)
-        if hasattr(self.negatives, "bind"):  # e.g. a momentum key encoder copies (encoder, head)
-            self.negatives.bind(self.encoder, self.head)
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None:
             return
-        if self.positives == "labels" and not getattr(dm, "has_labels", True):
+        if self.positives == "labels" and not capabilities(dm).has_labels:
             raise ValueError(
                 f"objective.positives=labels but {type(dm).__name__} has no labels; "
                 "set objective.positives=views (positives from augmented views) or use labelled data."
             )
-        if self.positives == "views" and getattr(dm, "views", 2) < 2:
+        if self.positives == "views" and isinstance(dm, ContrastiveDataModule) and dm.views < 2:
             raise ValueError(f"objective.positives=views needs data.views >= 2, got {dm.views}; set data.views=2.")
-        if hasattr(self.negatives, "attach"):  # e.g. ANN mining serves negatives through the datamodule
-            self.negatives.attach(dm, self.positives)
+        if isinstance(self.negatives, OfflineMiner):  # e.g. ANN mining serves negatives through the datamodule
+            self.negatives.attach(self._mining_source(), self.positives)
 
-    def _strategy_hook(self, name: str) -> None:
-        hook = getattr(self.negatives, name, None)
-        stats = hook(self) if hook is not None else None
+    # --- offline mining (OfflineMiner): the objective embeds, the datamodule serves ---------------------
+    def _mining_source(self) -> MiningDataSource:
+        dm = getattr(self.trainer, "datamodule", None)
+        if not isinstance(dm, MiningDataSource):
+            raise ValueError(
+                f"sampler=ann_mined serves its mined negatives through the datamodule, which {type(dm).__name__} "
+                "cannot do; set sampler=semi_hard (or train with an image datamodule)."
+            )
+        return dm
+
+    def _mine_offline(self, fit_start: bool) -> None:
+        """Refresh an :class:`OfflineMiner` when due: embed the training set with :meth:`project` (eval mode)
+        and log the mining statistics."""
+        miner = self.negatives
+        if not isinstance(miner, OfflineMiner) or not miner.due(self.current_epoch, fit_start):
+            return
+        loader = self._mining_source().train_loader_for_mining()
+        was_training = self.training
+        self.eval()
+        try:
+            stats = miner.refresh(
+                self.project, loader, self.device, self.current_epoch, progress=self.trainer.is_global_zero
+            )
+        finally:
+            self.train(was_training)
         if stats and self.trainer.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics({f"train/{k}": v for k, v in stats.items()}, step=self.global_step)
 
     def on_fit_start(self) -> None:
-        self._strategy_hook("on_fit_start")
+        self._mine_offline(fit_start=True)
 
     def on_train_epoch_start(self) -> None:
-        self._strategy_hook("on_train_epoch_start")
+        self._mine_offline(fit_start=False)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         views = list(batch["views"])
@@ -86,7 +111,7 @@ class Triplet(ContrastiveObjective):
         self.log_dict({f"train/mining/{k}": v.float() for k, v in mined.stats.items()}, sync_dist=True)
         self.log("train/num_candidates", float(cands.keys.shape[0]))
         self.collapse_guard.update(z)
-        if hasattr(self.negatives, "update"):  # e.g. the memory bank enqueues this batch
+        if isinstance(self.negatives, Memory):  # e.g. the memory bank enqueues this batch
             self.negatives.update(z.detach(), batch)
         return loss
 

@@ -1,9 +1,10 @@
 """The local leaderboard of runs: read run directories (or W&B runs) into one table, print, write, plot.
 
-Each run contributes its overrides (``.hydra/overrides.yaml``), its final metrics (``metrics.json``,
-``{"status": "failed", ...}`` for a failed sweep job) and its training curves when present
-(``csv/metrics.csv`` of the CSV logger, else the offline W&B files). The table shows the
-overrides that differ between runs, the key metrics and the wall time, sorted by a metric;
+Each run contributes its overrides (``.hydra/overrides.yaml``, read with Hydra's own parser, so
+``optimizer.lr=1e-3`` is the float 0.001), its final metrics (``metrics.json``, ``{"status": "failed", ...}``
+for a failed sweep job) and its training curves when present (the run's own ``history.jsonl``, else the CSV
+logger's ``csv/metrics.csv``). The table shows the overrides that differ between runs, the key metrics and
+the wall time, sorted by a metric;
 ``contrastlab-compare`` (:mod:`contrastlab.cli.compare`) prints it, writes ``compare.csv`` and
 ``compare.md``, and plots ``compare.png``. In a notebook::
 
@@ -22,14 +23,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from contrastlab.tracking.loggers import is_excluded, offline_runs, override_key
+from contrastlab.config.overrides import is_experiment_key, override_key, override_value
+from contrastlab.config.overrides import parse_overrides as hydra_parse
+from contrastlab.tracking.history import read_history
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_METRIC = "val/knn_top1"
 KEY_METRICS = (
@@ -40,9 +46,8 @@ KEY_METRICS = (
     "trainer/epoch",
     "time/wall_s",
 )
-# overrides that never describe the experiment itself
-IGNORED_OVERRIDES = ("hydra", "paths", "print_config")
-CURVES_FILE = "metrics.csv"
+CSV_CURVES_FILE = "metrics.csv"  # the CSV logger's (logger=csv), for runs without history.jsonl
+LOG_AXIS_SPAN = 100.0  # a positive numeric parameter whose max/min reaches this is plotted on a log axis
 
 
 @dataclass
@@ -62,20 +67,15 @@ class RunRecord:
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """``["loss.temperature=0.1", "sampler=x"]`` -> ``{"loss.temperature": 0.1, "sampler": "x"}``."""
-    out: dict[str, Any] = {}
-    for ov in overrides:
-        if "=" not in ov:
-            continue
-        key, text = override_key(ov), ov.split("=", 1)[1]
-        if is_excluded(key, IGNORED_OVERRIDES):
-            continue
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        out[key] = value if isinstance(value, str | int | float | bool) or value is None else text
-    return out
+    """``["loss.temperature=0.1", "sampler=x", "optimizer.lr=1e-3"]`` ->
+    ``{"loss.temperature": 0.1, "sampler": "x", "optimizer.lr": 0.001}``: values typed as Hydra types them
+    (:func:`contrastlab.config.overrides.override_value`); deletions and non-experiment keys
+    (:data:`~contrastlab.config.overrides.NON_EXPERIMENT_KEYS`) left out."""
+    return {
+        override_key(ov): override_value(ov)
+        for ov in hydra_parse(overrides)
+        if not ov.is_delete() and is_experiment_key(override_key(ov))
+    }
 
 
 def is_run_dir(path: Path) -> bool:
@@ -103,23 +103,19 @@ def find_run_dirs(path: str | Path) -> list[Path]:
 
 
 def read_curves(run_dir: Path) -> pd.DataFrame | None:
-    """A run's training curves (one row per logging step, a ``step`` column): the CSV logger's
-    ``metrics.csv`` if there is one, else the history in the offline W&B run files."""
-    files = sorted(p for p in run_dir.rglob(CURVES_FILE) if not {"wandb", ".hydra"} & set(p.parts))
+    """A run's training curves (one row per logging call, a ``step`` column): its ``history.jsonl``
+    (:mod:`contrastlab.tracking.history`, every training run writes one), else the CSV logger's
+    ``metrics.csv`` (a run from before ``history.jsonl``)."""
+    history = read_history(run_dir)
+    if history is not None:
+        return history
+    files = sorted(p for p in run_dir.rglob(CSV_CURVES_FILE) if not {"wandb", ".hydra"} & set(p.parts))
     if files:
         try:
             return pd.read_csv(files[0])
         except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError):
             return None
-    try:
-        rows = [row for run in offline_runs(run_dir) for row in run["history"]]
-    except (ValueError, OSError, ImportError):
-        return None
-    if not rows:
-        return None
-    frame = pd.DataFrame(rows)
-    step = "trainer/global_step" if "trainer/global_step" in frame.columns else "_step"
-    return frame.assign(step=frame[step]).drop(columns=[c for c in frame.columns if c.startswith("_")])
+    return None
 
 
 def read_run_dir(run_dir: str | Path, label: str | None = None) -> RunRecord:
@@ -198,7 +194,7 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
 def record_from_wandb_run(run: Any) -> RunRecord:
     """A :class:`RunRecord` from a ``wandb.apis.public.Run`` (``name``, ``config``, ``summary``, ``state``).
 
-    ``config["overrides"]`` holds the override list (put there by :func:`contrastlab.tracking.loggers.wandb_logger`).
+    ``config["overrides"]`` holds the override list (put there by :class:`contrastlab.tracking.loggers.WandbRunLogger`).
     """
     config = dict(run.config)
     summary = dict(run.summary)
@@ -320,29 +316,39 @@ def write_table(table_df: pd.DataFrame, out_dir: str | Path, stem: str = "compar
     return csv_path, md_path
 
 
-def plot_runs(df: pd.DataFrame, metric: str, out_path: str | Path) -> Path:
-    """PNG: ``metric`` against each swept parameter, then the training curves (CSV logger) if any."""
-    import matplotlib
+def is_numeric_param(values: pd.Series) -> bool:
+    """A swept parameter plotted on a numeric axis: numbers (not booleans) in every run that set it."""
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def wants_log_axis(values: pd.Series) -> bool:
+    """Numbers spanning at least two decades (all positive, max/min >= :data:`LOG_AXIS_SPAN`): a log axis."""
+    x = values.dropna()
+    return bool(len(x) > 1 and (x > 0).all() and x.max() / x.min() >= LOG_AXIS_SPAN)
+
+
+def runs_figure(df: pd.DataFrame, metric: str) -> Figure:
+    """A matplotlib Figure: ``metric`` against each swept parameter (numeric parameters on a numeric axis,
+    logarithmic when :func:`wants_log_axis`; others as categories), then the training curves if any."""
+    from matplotlib.figure import Figure  # no pyplot: no backend switch, nothing to close
 
     params = varying_overrides(df) if len(df) > 1 else []
     curves = {k: v for k, v in df.attrs.get("curves", {}).items() if k in set(df["run"])}
     curve_metrics = [m for m in ("train/loss", metric) if any(m in c.columns for c in curves.values())]
     n = max(len(params), 1) + len(curve_metrics)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
-    axes = list(axes[0])
+    fig = Figure(figsize=(4.2 * n, 3.4))
+    axes = list(fig.subplots(1, n, squeeze=False)[0])
     has_metric = metric in df.columns
     if params:
         for ax, param in zip(axes, params, strict=False):
             sub = df[["run", param, metric]] if has_metric else df[["run", param]].assign(**{metric: math.nan})
-            if pd.api.types.is_numeric_dtype(sub[param]):
-                sub = sub.sort_values(param)
-                ax.plot(sub[param], sub[metric], "o-")
+            if is_numeric_param(sub[param]):
+                sub = sub.dropna(subset=[param]).sort_values(param)
+                ax.plot(sub[param].astype(float), sub[metric], "o-")
+                if wants_log_axis(sub[param]):
+                    ax.set_xscale("log")
             else:
-                labels = sub[param].astype(str)
-                ax.plot(labels, sub[metric], "o")
+                ax.plot(sub[param].astype(str), sub[metric], "o")
             ax.set_xlabel(param)
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
@@ -363,8 +369,12 @@ def plot_runs(df: pd.DataFrame, metric: str, out_path: str | Path) -> Path:
         if len(curves) <= 12:
             ax.legend(fontsize="small")
     fig.tight_layout()
+    return fig
+
+
+def plot_runs(df: pd.DataFrame, metric: str, out_path: str | Path) -> Path:
+    """PNG of :func:`runs_figure`: ``metric`` against each swept parameter, then the training curves."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    runs_figure(df, metric).savefig(out, dpi=110)
     return out

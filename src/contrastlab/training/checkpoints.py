@@ -3,8 +3,9 @@
 Checkpoints carry ``checkpoint["contrastlab"] = {"objective": name, "config": <resolved run config>}``
 (see :meth:`contrastlab.objectives.base.ContrastiveObjective.on_save_checkpoint`); the objective and
 datamodule are rebuilt from that config with :mod:`contrastlab.config.build` and the weights restored.
-Files are read with ``torch.load(weights_only=True)``: no pickled code runs unless the user says
-they trust the file (``trust_checkpoint=true``).
+Files are read by :func:`read_checkpoint` (also what a resumed training run reads) with
+``torch.load(weights_only=True)``: no pickled code runs unless the user says they trust the file
+(``trust_checkpoint=true``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from contrastlab.config import build
 from contrastlab.config.checks import ConfigError
 from contrastlab.data.base import ContrastiveDataModule
-from contrastlab.objectives.base import ContrastiveObjective
+from contrastlab.objectives.base import ContrastiveObjective, check_objective
 
 
 @dataclass
@@ -61,26 +62,46 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def read_checkpoint(path: str | Path | None, trust: bool = False, key: str = "ckpt_path") -> dict[str, Any]:
-    """The checkpoint dict, with clear errors for a missing path, a missing file or a foreign file."""
+def read_checkpoint(
+    path: str | Path | None, trust: bool = False, key: str = "ckpt_path", mmap: bool = False
+) -> dict[str, Any]:
+    """The dict of a checkpoint written by ``contrastlab-train`` (the one checkpoint reader).
+
+    Read with ``torch.load(weights_only=True)`` unless ``trust`` (``trust_checkpoint=true``); ``mmap``
+    memory-maps the tensors instead of copying them (files too old to map are read normally). Raises
+    :class:`ConfigError`, one sentence naming ``key``, for a missing path, a missing, truncated or
+    unreadable file, pickled objects without ``trust``, or a file without ``state_dict`` and
+    ``contrastlab`` entries.
+    """
     if path in (None, "", "???"):
         raise ConfigError(f"{key}= is required: e.g. {key}=outputs/simclr/runs/<run>/checkpoints/last.ckpt")
     p = Path(str(path)).expanduser()
     if not p.is_file():
-        raise ConfigError(f"{key}={path} does not exist; pass a checkpoint file written by contrastlab-train")
+        raise ConfigError(f"{key}={path} does not exist; pass a checkpoint file written by contrastlab-train.")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as e:
-        why = str(e).splitlines()[0]
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=not trust, mmap=mmap)
+        except RuntimeError as err:  # an old (non-zip) file cannot be memory-mapped
+            if not mmap or "mmap" not in str(err):
+                raise
+            ckpt = torch.load(p, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        why = str(err).strip().splitlines()[0]
         raise ConfigError(
-            f"{key}={path} holds pickled objects that weights_only loading refuses ({why}); "
-            "if you trust this file, add trust_checkpoint=true"
-        ) from e
-    if not isinstance(ckpt, dict) or "contrastlab" not in ckpt or "state_dict" not in ckpt:
+            f"{key}={path} holds pickled Python objects that safe loading (weights_only) refuses ({why}); "
+            "if you trust this file, add trust_checkpoint=true."
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            f"{key}={path} is not a contrastlab checkpoint (no 'contrastlab' entry); "
-            "pass one written by contrastlab-train"
-        )
+            f"{key}={path} cannot be read ({why}); it may be truncated: pass an earlier checkpoint."
+        ) from err
+    for entry in ("state_dict", "contrastlab"):
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get(entry), dict):
+            raise ConfigError(
+                f"{key}={path} is not a contrastlab checkpoint (no '{entry}' entry); "
+                "pass one written by contrastlab-train."
+            )
     return ckpt
 
 
@@ -111,11 +132,8 @@ def load_checkpoint(
     ckpt = read_checkpoint(path, trust)
     meta = ckpt["contrastlab"]
     objective = str(meta.get("objective"))
-    if expect_objective and objective != expect_objective:
-        raise ConfigError(
-            f"ckpt_path={path} was trained with objective={objective}, not {expect_objective}; "
-            f"pass a {expect_objective} checkpoint or drop expect_objective={expect_objective}"
-        )
+    if expect_objective:
+        check_objective(objective, expect_objective, f"ckpt_path={path}", setting="expect_objective")
     if meta.get("config") is None:
         raise ConfigError(f"ckpt_path={path} carries no run config; it was not written by contrastlab-train")
     cfg = OmegaConf.create(meta["config"])

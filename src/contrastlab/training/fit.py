@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from contrastlab.config.checks import check_config
+from contrastlab.errors import ConfigError, unwrap
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -31,7 +33,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from contrastlab.config import build
-    from contrastlab.tracking import faults
+    from contrastlab.tracking.loggers import with_history
     from contrastlab.training import reliability, resume, runs
     from contrastlab.training.data_order import DataOrder
 
@@ -49,11 +51,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data_order = DataOrder(cfg.seed)  # deterministic batches and augmentations, resumable mid-epoch
     data_order.attach(datamodule)
     model = build.build_objective(cfg)
-    logger = faults.guard_loggers(build.build_logger(cfg))
+    logger = with_history(build.build_logger(cfg), out)  # + <run_dir>/history.jsonl, whatever logger= says
     callbacks = [*build.build_callbacks(cfg, datamodule), data_order, *reliability.run_callbacks()]
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=logger, callbacks=callbacks, plugins=reliability.trainer_plugins(cfg.trainer)
-    )
+    try:
+        trainer: L.Trainer = hydra.utils.instantiate(
+            cfg.trainer, logger=logger, callbacks=callbacks, plugins=reliability.trainer_plugins(cfg.trainer)
+        )
+    except InstantiationException as err:  # Lightning refused a Trainer argument: that is bad input
+        raise ConfigError(f"trainer: {unwrap(err)}; change the trainer.* override.") from None
     if logger and rank_zero_only.rank == 0:
         for lg in trainer.loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]

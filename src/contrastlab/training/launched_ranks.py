@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from contrastlab.config.overrides import given_keys
+
 
 def launcher_rank(env: Mapping[str, str]) -> int:
     """The global rank an external launcher gave this process: ``RANK`` under torchrun (TorchElastic sets
@@ -34,5 +36,5 @@ def hydra_rank_overrides(argv: Sequence[str], env: Mapping[str, str], job_name: 
     if rank == 0:
         return []
     wanted = {"hydra.job.name": f"{job_name}_rank{rank}", "hydra.output_subdir": "null"}
-    given = {arg.split("=", 1)[0].lstrip("+~") for arg in argv if "=" in arg}
+    given = given_keys(argv)  # Hydra's own parse of the overrides among argv
     return [f"{key}={value}" for key, value in wanted.items() if key not in given]

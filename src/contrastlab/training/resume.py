@@ -7,9 +7,10 @@
 * ``resume=auto``: the same search, but a fresh start when nothing is found (for job scripts that
   are simply re-submitted after pre-emption).
 
-Every run writes its key into ``<run_dir>/run_key``. A checkpoint is read with
-``torch.load(weights_only=True)`` (memory-mapped: no tensor is copied) unless
-``trust_checkpoint=true``, and one written by another objective is refused with a clear message.
+Every run writes its key into ``<run_dir>/run_key``. A checkpoint is read by
+:func:`contrastlab.training.checkpoints.read_checkpoint` with ``torch.load(weights_only=True)``
+(memory-mapped: no tensor is copied) unless ``trust_checkpoint=true``, and one written by another
+objective is refused by :func:`contrastlab.objectives.base.check_objective`.
 """
 
 from __future__ import annotations
@@ -18,30 +19,17 @@ import hashlib
 import itertools
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from contrastlab.config.checks import ConfigError
-from contrastlab.objectives.base import CheckpointMismatchError
+from contrastlab.config.overrides import NON_EXPERIMENT_KEYS as KEY_EXCLUDE  # not part of what a run trains
+from contrastlab.objectives.base import check_objective
+from contrastlab.training.checkpoints import read_checkpoint
 
 RUN_KEY_FILE = "run_key"
-#: top-level keys that say where or how a run is logged or resumed, not what it trains
-KEY_EXCLUDE = (
-    "ckpt_path",
-    "resume",
-    "trust_checkpoint",
-    "paths",
-    "hydra",
-    "print_config",
-    "logger",
-    "callbacks",
-    "tags",
-    "optimized_metric",
-)
 #: trainer keys a resumed run may change (train longer, show less)
 TRAINER_EXCLUDE = ("max_epochs", "max_steps", "default_root_dir", "enable_progress_bar", "enable_model_summary")
 #: the resolved checkpoint of a DDP parent, for its child processes
@@ -86,49 +74,6 @@ def find_last_checkpoint(cfg: DictConfig, exclude: Path | None = None) -> Path |
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def read_checkpoint_meta(path: str | Path, trust: bool = False, key: str = "ckpt_path") -> dict[str, Any]:
-    """``checkpoint["contrastlab"]`` of a training checkpoint, read safely; :class:`ConfigError` (naming
-    ``key``) for a missing, unreadable, pickled (unless ``trust``) or foreign file."""
-    p = Path(str(path)).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"{key}={path} does not exist; pass a checkpoint written by contrastlab-train.")
-    try:
-        try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=not trust, mmap=True)
-        except RuntimeError as err:  # an old (non-zip) file cannot be memory-mapped
-            if "mmap" not in str(err):
-                raise
-            ckpt = torch.load(p, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as err:
-        why = str(err).strip().splitlines()[0]
-        raise ConfigError(
-            f"{key}={path} holds pickled Python objects that safe loading (weights_only) refuses ({why}); "
-            "if you trust this file, add trust_checkpoint=true."
-        ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        why = str(err).strip().splitlines()[0]
-        raise ConfigError(
-            f"{key}={path} cannot be read ({why}); it may be truncated: pass an earlier checkpoint."
-        ) from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"{key}={path} is not a Lightning checkpoint; pass one written by contrastlab-train.")
-    meta = ckpt.get("contrastlab")
-    if not isinstance(meta, dict):
-        raise ConfigError(
-            f"{key}={path} was not written by contrastlab-train (no 'contrastlab' entry); pass one that was."
-        )
-    return meta
-
-
-def check_objective(meta: dict[str, Any], objective: str, path: str | Path, key: str = "ckpt_path") -> None:
-    trained = str(meta.get("objective"))
-    if trained != objective:
-        raise CheckpointMismatchError(
-            f"{key}={path} was trained with objective={trained}, but this run is objective={objective}; "
-            f"pass a {objective} checkpoint, or set objective={trained} to continue it."
-        )
-
-
 def resolve_ckpt_path(cfg: DictConfig, objective: str, run_dir: Path, rank: int = 0) -> str | None:
     """The checkpoint this run continues from (None: a fresh start), checked; ``cfg.ckpt_path`` is set
     to it so the logger resumes the earlier W&B run. Prints what was found on rank 0."""
@@ -157,6 +102,7 @@ def resolve_ckpt_path(cfg: DictConfig, objective: str, run_dir: Path, rank: int 
         os.environ.pop(ENV_RESUME, None)
     if ckpt in (None, ""):
         return None
-    check_objective(read_checkpoint_meta(ckpt, bool(cfg.get("trust_checkpoint", False))), objective, ckpt)
+    meta = read_checkpoint(ckpt, bool(cfg.get("trust_checkpoint", False)), mmap=True)["contrastlab"]
+    check_objective(str(meta.get("objective")), objective, f"ckpt_path={ckpt}")
     cfg.ckpt_path = str(ckpt)
     return str(ckpt)
