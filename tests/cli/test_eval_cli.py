@@ -17,6 +17,7 @@ from contrastlab.cli.evaluate import run_eval
 from contrastlab.cli.search import search
 from contrastlab.config.checks import ConfigError
 from contrastlab.evaluation.embed import embed_loader
+from contrastlab.evaluation.linear_probe import linear_probe
 from contrastlab.training.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,15 @@ def test_eval_prints_and_writes_the_logged_knn_top1(run: Run, tmp_path: Path) ->
     ):
         assert key in metrics and np.isfinite(metrics[key]), key
         assert key in proc.stdout, key
-    assert 0 <= metrics["val/linear_top1"] <= 1 and metrics["val/alignment"] > 0
+    assert metrics["val/alignment"] > 0
+    # the probe scores the validation split: the same probe computed here from the checkpoint's own embeddings
+    ckpt = load_checkpoint(last_ckpt(run))
+    tr_x, tr_y = embed_loader(ckpt.model.embed, ckpt.datamodule.eval_train_dataloader())
+    va_x, va_y = embed_loader(ckpt.model.embed, ckpt.datamodule.val_dataloader())
+    direct = linear_probe(tr_x, tr_y, va_x, va_y, weight_decays=(1e-4, 1e-2), holdout_fraction=0.1, seed=0)
+    on_train = linear_probe(tr_x, tr_y, tr_x, tr_y, weight_decays=(1e-4, 1e-2), holdout_fraction=0.1, seed=0)
+    assert metrics["val/linear_top1"] == pytest.approx(direct["top1"], abs=1e-9)
+    assert direct["top1"] != pytest.approx(on_train["top1"], abs=1e-3)  # a probe scored on its train split misses
     assert report["skipped"] == {"objective": "objective simclr has no evaluate_metrics"}
     assert Path(report["plots"]["tsne"]).is_file() and report["objective"] == "simclr"
     assert report["global_step"] == run.metrics["trainer/global_step"]
