@@ -141,6 +141,7 @@ def write_tiny_sentence_transformer(
     from sentence_transformers import SentenceTransformer
 
     bert = write_tiny_bert(root.parent / f"{root.name}_bert", texts)
+    wordpiece_tokenizer(bert / "vocab.txt").save_pretrained(bert)  # a vocabulary that is really read (see below)
     transformer = Transformer(str(bert), max_seq_length=max_seq_length)
     pool = Pooling(transformer.auto_model.config.hidden_size, pooling_mode=pooling)
     modules = [transformer, pool]
@@ -197,3 +198,49 @@ def write_tiny_open_clip(root: Path, name: str = "TinyTestCLIP", seed: int = 0) 
     torch.manual_seed(seed)
     torch.save(open_clip.create_model(name).state_dict(), weights)
     return config, weights
+
+
+def wordpiece_tokenizer(vocab_path: Path):
+    """A lower-casing BERT WordPiece tokenizer of ``vocab_path`` (one token a line). transformers 5 renamed the
+    argument ``vocab_file`` to ``vocab`` and ignores the old name (leaving a tokenizer of the 5 special tokens that
+    maps every word to ``[UNK]``); passed positionally, every version reads it."""
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(str(vocab_path), do_lower_case=True)
+
+
+SHARD_COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30))
+
+
+def write_image_shards(
+    root: Path,
+    name: str = "train",
+    n: int = 48,
+    classes: int = 3,
+    per_shard: int = 10,
+    size: int = 20,
+    captions: bool = False,
+    labels: bool = True,
+    seed: int = 0,
+) -> list[Path]:
+    """``root/<name>-000000.tar, ...`` (``per_shard`` samples each, ``sizes.json``, ``classes.json``): sample ``i`` is
+    a PNG of class ``i % classes``' colour with a little noise, ``key.cls`` (``labels``) and a caption naming the
+    colour (``captions``: ``key.txt`` and a list of two in ``key.json``). Written with contrastlab's ShardWriter."""
+    import io
+
+    from contrastlab.data.shard_writer import ShardWriter, sample_members, write_classes
+
+    names = ["red", "green", "blue", "yellow"][:classes]
+    rng = np.random.default_rng(seed)
+    with ShardWriter(root, name, max_count=per_shard) as writer:
+        for i in range(n):
+            c = i % classes
+            pixels = np.clip(np.array(SHARD_COLOURS[c]) + rng.integers(-25, 26, (size, size, 3)), 0, 255)
+            buf = io.BytesIO()
+            Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG")
+            caps = [f"a {names[c]} square number {i}", f"{names[c]} picture {i}"] if captions else []
+            members = sample_members(("png", buf.getvalue()), c if labels else None, names[c], caps)
+            writer.write(f"{name}{i:06d}", members)
+    if labels:
+        write_classes(root, names)
+    return [p for p, _ in writer.written]

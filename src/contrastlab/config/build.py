@@ -95,8 +95,8 @@ def build_callbacks(cfg: DictConfig, datamodule: ContrastiveDataModule | None = 
             out.append(instantiate(c, monitor=None, save_top_k=0))
         else:
             out.append(instantiate(c))
-    if getattr(datamodule, "skipped", None) is not None:
-        out.append(SkippedFilesReport())
+    if getattr(datamodule, "skipped", None) is not None:  # a datamodule may name its own report (shards)
+        out.append(getattr(datamodule, "skipped_report", SkippedFilesReport)())
     return out
 
 

@@ -6,7 +6,8 @@ weight is the L2-normalised mean of the prompts' L2-normalised text embeddings::
     w_c = normalize( mean_t normalize(text(template_t(name_c))) )      (C, D)
     prediction(x) = argmax_c  normalize(image(x)) . w_c
 
-Images are scored in chunks of ``chunk_size`` rows, in float32 (float64 when the features are).
+Images are scored in chunks of ``chunk_size`` rows, in float32 (float64 when the image features or the
+classifier are float64).
 :func:`zero_shot_metrics` reports what clip_benchmark reports for classification: top-1 and top-5
 accuracy and the mean per-class recall ``mean_c #{i : y_i = c, pred_i = c} / #{i : y_i = c}`` over
 the classes present among the labels (balanced accuracy; equal to top-1 when classes are balanced).

@@ -113,6 +113,14 @@ class ContrastiveObjective(L.LightningModule):
         """What the loss sees: head(encoder(x))."""
         return self.head(self.encoder(x))
 
+    # --- logging without reading the device ----------------------------------------------------------
+    def log_number(self, name: str, value: float, **kwargs: Any) -> None:
+        """``self.log`` of a host number as a tensor filled on the module's device. Lightning turns a Python
+        number into ``torch.tensor(value, device=...)``, a copy from host memory that waits for the device's
+        queued work; a fill is one more queued kernel. (Lightning reads logged tensors only when it writes
+        them, every ``log_every_n_steps``.)"""
+        self.log(name, torch.full((), float(value), device=self.device), **kwargs)
+
     # --- validation: embedding spread (collapse indicator) ----------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         z = torch.nn.functional.normalize(self.embed(batch["image"]).float(), dim=1)

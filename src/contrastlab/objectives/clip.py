@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastlab import distributed
 from contrastlab.data.base import capabilities
 from contrastlab.data.templates import resolve_templates
-from contrastlab.encoders.open_clip_towers import residual_blocks
+from contrastlab.encoders.open_clip_towers import residual_blocks, split_by_order
 from contrastlab.errors import ConfigError
 from contrastlab.evaluation.callbacks import init_metrics, log_at_start
 from contrastlab.evaluation.cross_modal import cross_modal_retrieval
-from contrastlab.evaluation.embed import embed_loader
+from contrastlab.evaluation.embed_cache import embed_across_ranks
 from contrastlab.evaluation.zero_shot import zero_shot_classifier, zero_shot_metrics
 from contrastlab.negatives.kinds import PairKeys
 from contrastlab.objectives.base import ContrastiveObjective
@@ -121,11 +122,15 @@ class DualEncoderObjective(ContrastiveObjective):
 
     @torch.no_grad()
     def encode_texts_batched(self, texts: Sequence[str], tower: nn.Module, projection: nn.Module) -> Tensor:
+        """(len(texts), D) float32 CPU, ``eval_batch_size`` texts per pass. Under data parallelism (a collective
+        call: every rank makes it) each rank encodes its contiguous share and the shares are gathered."""
         step = self.eval_batch_size
+        start, end = distributed.shard_bounds(len(texts)) if len(texts) >= distributed.world_size() else (0, None)
+        mine = texts[start:end]
         parts = [
-            self.encode_texts(texts[i : i + step], tower, projection).float().cpu() for i in range(0, len(texts), step)
+            self.encode_texts(mine[i : i + step], tower, projection).float().cpu() for i in range(0, len(mine), step)
         ]
-        return torch.cat(parts)
+        return torch.cat(parts) if end is None else distributed.gather_rows(torch.cat(parts))
 
     # --- loss ------------------------------------------------------------------------------------------
     def pair_loss(self, a: Tensor, b: Tensor, b_negatives: Tensor | None = None) -> Tensor:
@@ -313,7 +318,7 @@ class CLIP(DualEncoderObjective):
         self.eval()
         try:
             loader = getattr(datamodule, "val_image_dataloader", None) or datamodule.val_dataloader
-            images, labels = embed_loader(self.encode_image, loader(), self.device)
+            images, labels = embed_across_ranks(self.encode_image, loader(), self.device)  # each rank: its share
             out: dict[str, float] = {}
             if capabilities(datamodule).has_captions:
                 captions, owner = datamodule.val_captions()
@@ -348,11 +353,4 @@ def layer_groups(tower: nn.Module) -> tuple[list[nn.Parameter], list[nn.Module],
     it has one (open_clip towers), else the largest ``ModuleList``/``Sequential`` of same-type children as
     the blocks, and the parameters registered after the last of them as what follows."""
     own = getattr(tower, "layer_groups", None)
-    if own is not None:
-        return own()
-    blocks = residual_blocks(tower)
-    inside = {id(p) for b in blocks for p in b.parameters()}
-    named = list(tower.parameters())
-    last = max((i for i, p in enumerate(named) if id(p) in inside), default=len(named) - 1)
-    before = [p for i, p in enumerate(named) if i < last and id(p) not in inside]
-    return before, blocks, [p for p in named[last + 1 :] if id(p) not in inside]
+    return own() if own is not None else split_by_order(tower, residual_blocks(tower))
