@@ -47,6 +47,23 @@ COVERAGE: dict[str, tuple[str, tuple[str, ...]]] = {
         ("tests/cli/test_eval_cli.py::test_eval_prints_and_writes_the_logged_knn_top1",),
     ),
     "contrastlab-eval": ("synopsis", ("tests/cli/test_eval_cli.py::test_eval_prints_and_writes_the_logged_knn_top1",)),
+    "contrastlab-export": ("synopsis", ("tests/cli/test_export.py::test_hf_folder_loads_with_automodel",)),
+    "contrastlab-export ckpt_path=... format=...": (
+        "synopsis",
+        (
+            "tests/cli/test_export.py::test_sentence_transformers_folder_encodes_as_contrastlab_embed",
+            "tests/cli/test_export.py::test_onnx_text_tower_matches_pytorch",
+            "tests/cli/test_export_open_clip.py::test_export_loads_in_open_clip_and_embeds_as_contrastlab_embed",
+        ),
+    ),
+    "contrastlab-mine ckpt_path=... input=...": ("synopsis", ("tests/cli/test_mine.py::test_command",)),
+    "contrastlab-shard ...": (
+        "synopsis",
+        (
+            "tests/cli/test_shard_cli.py::test_an_image_folder_becomes_labelled_shards_of_the_target_size",
+            "tests/cli/test_shard_cli.py::test_a_caption_table_becomes_caption_shards",
+        ),
+    ),
     "contrastlab-embed ckpt_path=... [data=...]": (
         "synopsis",
         (
@@ -138,6 +155,35 @@ COVERAGE: dict[str, tuple[str, tuple[str, ...]]] = {
     "contrastlab-train experiment=biencoder_text_pairs": (
         "+ debug=fast",
         ("tests/objectives/test_clip_e2e.py::test_biencoder_experiment_on_the_shipped_demo_pairs",),
+    ),
+    # --- pretrained CLIP, BEIR, mining -----------------------------------------------------------------
+    "contrastlab-train objective=clip encoder=open_clip encoder.model=ViT-B-32 encoder.pretrained=laion2b_s34b_b79k data=image_text_csv data.path=captions.csv optimizer.lr=1e-5 data.batch_size=128 callbacks.knn=null": (
+        "a tiny random-init open_clip model saved to a file by the test instead of the laion2b download "
+        "(tags: cache lookup tested offline); caption table written by the test",
+        (
+            "tests/cli/test_export_open_clip.py::test_training_logs_the_metrics_and_their_init_values",
+            "tests/encoders/test_open_clip.py::test_a_tag_that_is_not_cached_offline_names_the_key_and_the_cache",
+            "tests/encoders/test_open_clip.py::test_objective_features_equal_open_clip_encode_image_and_text",
+        ),
+    ),
+    "contrastlab-eval ckpt_path=<run>/checkpoints/last.ckpt eval=[objective] eval.objective.templates=openai_imagenet": (
+        "on the tiny open_clip run, with an image folder written by the test",
+        ("tests/cli/test_export_open_clip.py::test_eval_reports_zero_shot_on_an_image_folder_with_openai_templates",),
+    ),
+    "contrastlab-export ckpt_path=<run>/checkpoints/last.ckpt format=open_clip output_dir=my-clip": (
+        "on the tiny open_clip run; loaded back with open_clip.create_model_and_transforms",
+        ("tests/cli/test_export_open_clip.py::test_export_loads_in_open_clip_and_embeds_as_contrastlab_embed",),
+    ),
+    "contrastlab-train experiment=biencoder_text_pairs data=beir data.data_dir=~/data/beir/scifact": (
+        "a small BEIR folder written by the test, tiny text tower",
+        ("tests/data/test_beir.py::test_train_command_on_a_beir_folder",),
+    ),
+    "contrastlab-mine ckpt_path=<run>/checkpoints/last.ckpt input=~/data/beir/scifact split=train output=mined.jsonl": (
+        "a small BEIR folder written by the test; the negatives checked against a brute-force reference",
+        (
+            "tests/cli/test_mine.py::test_command",
+            "tests/cli/test_mine.py::test_beir_negatives_skip_positives_and_the_query_itself",
+        ),
     ),
     # --- evaluate, export, search ----------------------------------------------------------------------
     "contrastlab-eval ckpt_path=outputs/simclr/runs/<run>/checkpoints/last.ckpt": (
