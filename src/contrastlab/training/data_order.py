@@ -14,6 +14,8 @@ with the same augmentations as a run that was never interrupted.
   states (torch CPU/CUDA, numpy, ``random``) and restores them when training starts.
 
 :meth:`DataOrder.attach` wraps a datamodule's ``train_dataloader``; evaluation loaders are untouched.
+A streaming loader (tar shards, :mod:`contrastlab.data.shards`) orders, seeds and skips its batches itself;
+it only asks :meth:`DataOrder.next_pass` for ``(epoch, batches to skip)`` when a pass starts.
 """
 
 from __future__ import annotations
@@ -159,7 +161,12 @@ class ResumableLoader(DataLoader):
 
 
 def resumable(loader: Any, order: DataOrder) -> Any:
-    """``loader`` rebuilt as a :class:`ResumableLoader` (anything else is returned unchanged)."""
+    """``loader`` rebuilt as a :class:`ResumableLoader`; a stream that positions itself (a ``follow``
+    method, e.g. :class:`~contrastlab.data.shard_stream.ShardLoader`) is told where each pass starts instead;
+    anything else is returned unchanged."""
+    if callable(getattr(loader, "follow", None)):
+        loader.follow(order.next_pass)  # it asks for (epoch, batches to skip) whenever a pass starts
+        return loader
     if type(loader) is not DataLoader or loader.batch_sampler is None or isinstance(loader.dataset, IterableDataset):
         return loader
     common: dict[str, Any] = {
