@@ -42,3 +42,10 @@ def test_train_overhead_compares_the_same_losses() -> None:
     lightning, bare = re.search(r"last loss: lightning ([\d.]+), bare ([\d.]+)", out).groups()
     assert lightning == bare  # the two loops train the same model on the same data: the ratio is fair
     assert re.search(r"epoch ratio lightning/bare: [\d.]+", out)
+
+
+def test_data_throughput_benchmark_runs_at_toy_size() -> None:
+    out = _bench(
+        "data_throughput.py", "--n", "200", "--size", "64", "--image-size", "32", "--batch", "16", "--repeats", "1"
+    )
+    assert "img/s" in out and "shards" in out and "folder" in out

@@ -156,6 +156,34 @@ COVERAGE: dict[str, tuple[str, tuple[str, ...]]] = {
         "+ debug=fast",
         ("tests/objectives/test_clip_e2e.py::test_biencoder_experiment_on_the_shipped_demo_pairs",),
     ),
+    # --- shards -------------------------------------------------------------------------------------
+    "contrastlab-shard input=/data/pets output=/data/pets-shards val_fraction=0.1": (
+        "an image folder written by the test",
+        ("tests/cli/test_shard_cli.py::test_an_image_folder_becomes_labelled_shards_of_the_target_size",),
+    ),
+    "contrastlab-shard input=captions.csv output=/data/coco-shards val_fraction=0.05": (
+        "a caption table written by the test",
+        ("tests/cli/test_shard_cli.py::test_a_caption_table_becomes_caption_shards",),
+    ),
+    "contrastlab-train data=webdataset \"data.urls='/data/pets-shards/train-{000000..000031}.tar'\" data.val_urls=/data/pets-shards/val-000000.tar augment=simclr": (
+        "shards written by the test (brace list of its own), tiny images, debug sizes",
+        (
+            "tests/data/test_shards.py::test_simclr_on_shards_with_two_workers_counts_the_corrupt_sample",
+            "tests/training/test_shard_resume.py::test_a_killed_ddp_run_on_shards_resumes_like_an_uninterrupted_one",
+        ),
+    ),
+    "contrastlab-train objective=triplet data=webdataset \"data.urls='/data/pets-shards/train-{000000..000031}.tar'\" data.val_urls=/data/pets-shards/val-000000.tar data.per_class=4 augment=simclr": (
+        "shards written by the test, on a resampled stream, debug sizes",
+        ("tests/data/test_shards.py::test_triplet_trains_on_class_balanced_batches_of_a_resampled_stream",),
+    ),
+    "contrastlab-train objective=clip data=webdataset data.content=captions \"data.urls='/data/coco-shards/train-{000000..000099}.tar'\" data.val_urls=/data/coco-shards/val-000000.tar": (
+        "caption shards written by the test, debug sizes",
+        ("tests/data/test_shards.py::test_clip_on_caption_shards_reports_retrieval_and_zero_shot",),
+    ),
+    "python benchmarks/data_throughput.py": (
+        "toy size: 200 images",
+        ("tests/docs/test_benchmarks.py::test_data_throughput_benchmark_runs_at_toy_size",),
+    ),
     # --- pretrained CLIP, BEIR, mining -----------------------------------------------------------------
     "contrastlab-train objective=clip encoder=open_clip encoder.model=ViT-B-32 encoder.pretrained=laion2b_s34b_b79k data=image_text_csv data.path=captions.csv optimizer.lr=1e-5 data.batch_size=128 callbacks.knn=null": (
         "a tiny random-init open_clip model saved to a file by the test instead of the laion2b download "
