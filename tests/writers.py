@@ -110,7 +110,8 @@ def write_tiny_bert(root: Path, texts: list[str], hidden: int = 24, intermediate
     words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True).save_pretrained(root)
+    # the vocabulary file is positional: transformers 5 ignores vocab_file= (every word would map to [UNK])
+    BertTokenizerFast(str(root / "vocab.txt"), do_lower_case=True).save_pretrained(root)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(vocab),

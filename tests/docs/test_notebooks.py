@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-EXPECTED = {"01_quickstart", "02_explore_embeddings", "03_compare_runs", "04_clip_zero_shot"}
+EXPECTED = {"01_quickstart", "02_explore_embeddings", "03_compare_runs", "04_clip_zero_shot", "05_finetune_text"}
 
 
 def test_the_notebooks_are_there_with_outputs_stripped() -> None:

@@ -184,6 +184,23 @@ COVERAGE: dict[str, tuple[str, tuple[str, ...]]] = {
         "toy size: 200 images",
         ("tests/docs/test_benchmarks.py::test_data_throughput_benchmark_runs_at_toy_size",),
     ),
+    # --- fine-tune a sentence-transformer ----------------------------------------------------------------
+    "contrastlab-train experiment=finetune_text text_encoder.name=sentence-transformers/all-MiniLM-L6-v2 data.path=train.jsonl data.val_path=val.jsonl": (
+        "a tiny BERT saved as a sentence-transformers folder by the test instead of the hub model; pairs written by the test",
+        ("tests/cli/test_export.py::test_sentence_transformers_folder_encodes_as_contrastlab_embed",),
+    ),
+    "contrastlab-export ckpt_path=<run>/checkpoints/last.ckpt format=sentence_transformers output_dir=my-model": (
+        "on the tiny fine-tuned run; loaded back with SentenceTransformer",
+        ("tests/cli/test_export.py::test_sentence_transformers_folder_encodes_as_contrastlab_embed",),
+    ),
+    "contrastlab-export ckpt_path=<run>/checkpoints/last.ckpt format=onnx output_dir=my-onnx": (
+        "on the tiny fine-tuned run; checked with onnxruntime",
+        ("tests/cli/test_export.py::test_onnx_text_tower_matches_pytorch",),
+    ),
+    "python benchmarks/vs_sentence_transformers.py --model <folder or hub name> --pairs stdlib": (
+        "--toy: a tiny random model written by the script (the full size needs the real model)",
+        ("tests/docs/test_benchmark_vs_st.py::test_the_toy_run_prints_both_rows",),
+    ),
     # --- pretrained CLIP, BEIR, mining -----------------------------------------------------------------
     "contrastlab-train objective=clip encoder=open_clip encoder.model=ViT-B-32 encoder.pretrained=laion2b_s34b_b79k data=image_text_csv data.path=captions.csv optimizer.lr=1e-5 data.batch_size=128 callbacks.knn=null": (
         "a tiny random-init open_clip model saved to a file by the test instead of the laion2b download "
