@@ -10,6 +10,7 @@ import torch
 
 from contrastlab.losses import InfoNCELoss, NTXentLoss, info_nce, nt_xent
 from contrastlab.losses import fused_info_nce as fused
+from contrastlab.losses.checks import checking_inputs
 from contrastlab.losses.info_nce import info_nce_plain
 
 DTYPES = [torch.float64, torch.float32]
@@ -255,6 +256,81 @@ def test_symmetric_nt_xent_path_equals_plain_float32(chunk_size: int | None, tem
     _compare_with_plain(z, z, pos, excl, torch.tensor(temperature), chunk_size=chunk_size, same=True)
 
 
+def _symmetric_spy(monkeypatch) -> list[bool]:
+    """Records whether each kernel call takes the symmetric path (``q is k``, no row shift)."""
+    seen: list[bool] = []
+    apply = fused.SinglePositiveInfoNCE.apply
+
+    def spy(*args):
+        q, inv_t, symmetric, unit_norm = args[0], args[5], args[8], args[9]
+        shift = not unit_norm or isinstance(inv_t, torch.Tensor) or inv_t + math.log(q.shape[0]) > 80
+        seen.append(symmetric and not shift)
+        return apply(*args)
+
+    monkeypatch.setattr(fused.SinglePositiveInfoNCE, "apply", spy)
+    return seen
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk_size", [None, 3])
+@pytest.mark.parametrize("exclusion", ["diagonal", "shifted", "none"])
+def test_symmetric_path_with_any_exclusion_matches_naive(dtype, chunk_size, exclusion, monkeypatch) -> None:
+    """``q is k`` takes the symmetric backward (one product plus the O(N D) correction of the excluded
+    entries) for every exclusion, not only the diagonal; values and gradients equal the loop reference."""
+    seen = _symmetric_spy(monkeypatch)
+    g = torch.Generator().manual_seed(21)
+    n = 8
+    z = torch.randn(n, 5, generator=g, dtype=dtype)
+    pos = torch.tensor([3, 0, 5, 7, 6, 1, 2, 4])
+    excl = {"diagonal": torch.arange(n), "shifted": (torch.arange(n) + 1) % n, "none": None}[exclusion]
+    (a,), (b,) = _leaves(z), _leaves(z.double())
+    ours = info_nce(a, a, pos, 0.2, exclude_index=excl, chunk_size=chunk_size)
+    excluded = [None] * n if excl is None else excl.tolist()
+    ref = naive_info_nce(b, b, [[p] for p in pos.tolist()], excluded, 0.2)
+    assert seen == [True]
+    torch.testing.assert_close(ours, ref.to(dtype), **_tol(dtype))
+    torch.testing.assert_close(_grads(ours, [a])[0], _grads(ref, [b])[0].to(dtype), **_tol(dtype))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_symmetric_path_with_a_non_diagonal_exclusion_gradcheck_float64(recompute: bool) -> None:
+    g = torch.Generator().manual_seed(22)
+    q = torch.nn.functional.normalize(torch.randn(6, 3, generator=g, dtype=torch.float64), dim=1)
+    pos, excl = torch.tensor([3, 4, 5, 0, 1, 2]), torch.tensor([1, 2, 0, 4, 5, 3])
+    q.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x: fused.fused_info_nce(x, x, pos, 0.3, exclude_index=excl, chunk_size=4, recompute=recompute), (q,)
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_key_mask_equals_dropping_the_masked_keys(dtype: torch.dtype, with_mask: bool) -> None:
+    """Masked-out keys (a memory bank's empty slots) leave every denominator and are nobody's positive: the
+    same loss and gradients as the loop reference on the kept keys alone."""
+    g = torch.Generator().manual_seed(23)
+    q, k = torch.randn(5, 4, generator=g, dtype=dtype), torch.randn(9, 4, generator=g, dtype=dtype)
+    keep = torch.tensor([1, 1, 0, 1, 1, 0, 1, 0, 1], dtype=torch.bool)
+    kept = keep.nonzero().squeeze(1).tolist()  # key j of the kept set is key kept[j]
+    (aq, ak), (bq, bk) = _leaves(q, k), _leaves(q.double(), k.double())
+    excl = torch.tensor([0, 3, 1, 8, 4])
+    if with_mask:  # several positives, one of them masked out (query 2's key 5)
+        mask = torch.zeros(5, 9, dtype=torch.bool)
+        for i, js in enumerate([[1, 6], [0], [5, 6], [3, 4], [8]]):
+            mask[i, js] = True
+        ours = info_nce(aq, ak, temperature=0.3, positive_mask=mask, exclude_index=excl, key_mask=keep)
+        positives = [[kept.index(j) for j in mask[i].nonzero().squeeze(1).tolist() if keep[j]] for i in range(5)]
+    else:
+        pos = torch.tensor([1, 0, 6, 3, 8])
+        ours = info_nce(aq, ak, pos, 0.3, exclude_index=excl, key_mask=keep)
+        positives = [[kept.index(p)] for p in pos.tolist()]
+    excluded = [kept.index(x) if keep[x] else None for x in excl.tolist()]
+    ref = naive_info_nce(bq, bk[keep], positives, excluded, 0.3)
+    torch.testing.assert_close(ours, ref.to(dtype), **_tol(dtype))
+    for x, y in zip(_grads(ours, [aq, ak]), _grads(ref, [bq, bk]), strict=True):
+        torch.testing.assert_close(x, y.to(dtype), **_tol(dtype))
+
+
 @pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("case", ["symmetric", "keys", "keys_row_shift"])
 def test_kernel_gradcheck_float64(recompute: bool, case: str) -> None:
@@ -354,8 +430,30 @@ def test_bf16_embeddings_under_autocast_give_finite_loss_close_to_fp32() -> None
 )
 def test_bad_input_raises_a_clear_error(kwargs: dict, message: str) -> None:
     q, k = torch.randn(4, 3), torch.randn(6, 3)
-    with pytest.raises(ValueError, match=message):
+    with checking_inputs(), pytest.raises(ValueError, match=message):
         info_nce(q, k, **kwargs)
+
+
+# values read on the host (index ranges, a tensor temperature's sign) are checked only with the debug checks on
+HOST_READ_CHECKS = [
+    ({"temperature": torch.tensor(-1.0)}, "temperature must be > 0"),
+    ({"exclude_index": torch.arange(4)}, "keep positives as candidates"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), HOST_READ_CHECKS)
+def test_host_read_checks_are_off_unless_turned_on(kwargs: dict, message: str, monkeypatch) -> None:
+    q, k = torch.randn(4, 3), torch.randn(6, 3)
+    reads: list[str] = []
+    for name in ("item", "__bool__", "__int__", "__float__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _o=original, _n=name, **kw: reads.append(_n) or _o(t))
+    with checking_inputs(False):
+        info_nce(q, k, **kwargs)  # no error, and nothing read back
+    assert reads == []
+    with checking_inputs(), pytest.raises(ValueError, match=message):
+        info_nce(q, k, **kwargs)
+    assert reads  # the check read the value
 
 
 def test_shape_errors() -> None:

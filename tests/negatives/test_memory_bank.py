@@ -54,7 +54,9 @@ def test_simclr_candidates_match_a_loop_construction(label_positives):
     bank.enqueue(torch.randn(6, 4), torch.tensor([0, 1, 7, 8, 2, 9]), torch.tensor([0, 1, 1, 0, 2, 2]))
     ids, labels = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1])
     c = bank(torch.randn(3, 4), torch.randn(3, 4), labels, ids=ids)
-    assert c.keys.shape == (6 + 6, 4)
+    # the whole queue is appended (its size is known without a host read); the 2 empty slots are masked out
+    assert c.keys.shape == (6 + 8, 4)
+    assert c.key_mask.tolist() == [True] * 6 + [True] * 6 + [False] * 2
     key_ids = ids.repeat(2).tolist() + bank.queue_ids[:6].tolist()
     key_labels = labels.repeat(2).tolist() + bank.queue_labels[:6].tolist()
     for r in range(6):
@@ -62,6 +64,7 @@ def test_simclr_candidates_match_a_loop_construction(label_positives):
             partner = k == (r + 3) % 6
             same = key_labels[k] == key_labels[r] if label_positives else key_ids[k] == key_ids[r]
             assert bool(c.positive_mask[r, k]) == ((partner or same) and k != r), (r, k)
+        assert not c.positive_mask[r, 12:].any()  # an empty slot is nobody's positive
     assert c.exclude_index.tolist() == list(range(6))
 
 
@@ -71,10 +74,13 @@ def test_triplet_candidates_append_the_queue_with_labels_or_ids():
     z = torch.randn(4, 3)
     ids, labels = torch.tensor([0, 1, 0, 1]), torch.tensor([1, 1, 1, 1])
     c = bank.candidates(z, ids, labels, "labels", {})
-    assert c.keys.shape == (8, 3) and c.key_targets.tolist() == [1, 1, 1, 1, 1, 0, 1, 0]
-    assert bank.candidates(z, ids, labels, "views", {}).key_targets.tolist() == [0, 1, 0, 1, 5, 6, 7, 8]
-    mined = bank.mine(torch.rand(4, 8), c, 0.2)
+    # the whole queue: the 4 empty slots have target -1 (neither a positive nor a negative of anyone)
+    assert c.keys.shape == (12, 3) and c.key_targets.tolist() == [1, 1, 1, 1, 1, 0, 1, 0, -1, -1, -1, -1]
+    assert c.key_mask.tolist() == [True] * 8 + [False] * 4  # what train/num_candidates counts
+    assert bank.candidates(z, ids, labels, "views", {}).key_targets.tolist() == [0, 1, 0, 1, 5, 6, 7, 8] + [-1] * 4
+    mined = bank.mine(torch.rand(4, 12), c, 0.2)
     assert mined.num_triplets == 4  # every anchor has a positive and a negative (from the queue)
+    assert max(mined.positive_idx.tolist() + mined.negative_idx.tolist()) < 8  # never an empty slot
 
 
 def test_momentum_encoder_is_an_exponential_moving_average():

@@ -6,10 +6,12 @@ from collections.abc import Mapping
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
+from contrastlab import distributed
 from contrastlab.data.base import DataCapabilities
-from contrastlab.evaluation.embed_cache import split_embeddings
-from contrastlab.evaluation.knn import knn_accuracy
+from contrastlab.evaluation.embed_cache import split_embeddings, split_shard
+from contrastlab.evaluation.knn import knn_accuracy, knn_neighbours, knn_scores, merge_neighbours, topk_accuracy
 
 
 def init_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -31,8 +33,11 @@ class KNNMonitor(L.Callback):
     """At every validation: embed the train split (evaluation transform) and the val split with
     the encoder (not the projection head), and log ``val/knn_top1`` (and top-5) of a weighted kNN.
 
-    The kNN accuracy at initialisation is logged once as ``val/knn_top1_init``. Every rank computes
-    the same numbers on the full sets (no collectives needed); only rank 0's logger writes them.
+    The kNN accuracy at initialisation is logged once as ``val/knn_top1_init``. Under data parallelism the
+    work is split: each rank embeds its share of the train split (its part of the kNN bank, never gathered)
+    and of the val split (gathered: every rank holds all queries), finds every query's k nearest items in
+    its part, and the ranks' neighbours are gathered and merged into the global k nearest, so every rank
+    logs the numbers one process computes on the full sets (only rank 0's logger writes them).
     """
 
     def __init__(self, k: int = 20, temperature: float = 0.07, log_init: bool = True) -> None:
@@ -40,10 +45,25 @@ class KNNMonitor(L.Callback):
         self.init_value: float | None = None
 
     def compute(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+        """The logged numbers (collective under data parallelism: every rank calls it)."""
         # embeddings shared with the other callbacks of this validation (computed once, in eval mode)
-        tr_x, tr_y = split_embeddings(pl_module, datamodule, "train")
-        va_x, va_y = split_embeddings(pl_module, datamodule, "val")
-        return self.score(tr_x, tr_y, va_x, va_y)
+        tr_x, tr_y = split_shard(pl_module, datamodule, "train")  # this rank's part of the bank
+        va_x, va_y = split_embeddings(pl_module, datamodule, "val", across_ranks=True)
+        if not distributed.is_distributed():
+            return self.score(tr_x, tr_y, va_x, va_y)
+        if len(tr_x):
+            sims, labels = knn_neighbours(tr_x, tr_y, va_x, self.k)
+        else:  # a part with no rows (fewer train items than ranks)
+            sims, labels = va_x.new_empty(len(va_x), 0), torch.zeros(len(va_x), 0, dtype=torch.long)
+        pad = self.k - sims.shape[1]  # parts smaller than k: padded with neighbours of weight exp(-inf) = 0
+        sims = F.pad(sims, (0, pad), value=float("-inf"))
+        labels = F.pad(labels.long(), (0, pad), value=0)
+        sims = distributed.gather_rows(sims.T.contiguous()).T  # (Q, world * k): every part's nearest
+        labels = distributed.gather_rows(labels.T.contiguous()).T
+        sims, labels = merge_neighbours(sims, labels, self.k)
+        num_classes = distributed.max_over_ranks(int(max(tr_y.max() if len(tr_y) else -1, va_y.max()))) + 1
+        acc = topk_accuracy(knn_scores(sims, labels, num_classes, self.temperature), va_y, (1, 5))
+        return {"val/knn_top1": acc[1], "val/knn_top5": acc[5]}
 
     def score(
         self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor

@@ -34,8 +34,9 @@ def measure_health(
     seed: int = 0,
 ) -> dict[str, float]:
     """Health metrics of ``pl_module.embed`` (eval mode) on the validation split (uniformity on at most
-    ``max_samples`` of them) and, for alignment, on ``alignment_pairs`` augmented validation pairs."""
-    z, _ = split_embeddings(pl_module, datamodule, "val")
+    ``max_samples`` of them) and, for alignment, on ``alignment_pairs`` augmented validation pairs. Under
+    data parallelism each rank embeds its share of the split (gathered), so every rank must call it."""
+    z, _ = split_embeddings(pl_module, datamodule, "val", across_ranks=True)
     views = augmented_pairs(datamodule, alignment_pairs, seed) if alignment_pairs > 0 else None
     pairs = embed_pairs(pl_module.embed, views, pl_module.device) if views is not None else None  # eval mode
     return embedding_health(z, pairs, max_samples=max_samples, seed=seed)

@@ -68,9 +68,15 @@ def effective_rank(z: Tensor) -> float:
 @torch.no_grad()
 def dimension_std(z: Tensor) -> float:
     """Mean over the D dimensions of the unbiased std over the N samples of L2-normalised ``z``."""
+    return float(dimension_std_tensor(z))
+
+
+@torch.no_grad()
+def dimension_std_tensor(z: Tensor) -> Tensor:
+    """:func:`dimension_std` as a 0-d tensor on ``z``'s device (nothing read back: for training steps)."""
     if z.shape[0] < 2:
         raise ValueError("dimension_std needs at least 2 embeddings")
-    return float(_normalize(z).std(dim=0).mean())
+    return _normalize(z).std(dim=0).mean()
 
 
 def embedding_health(

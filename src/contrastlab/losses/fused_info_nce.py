@@ -23,8 +23,13 @@ Two modes:
 
 Shift ``c``: with unit-norm inputs every logit lies in ``[-1/t, 1/t]``, so when
 ``1/t + log M`` is below the dtype's exp range no shift is needed (``c = 0``); otherwise ``c``
-is the row maximum. With ``c = 0`` and ``q is k`` with the diagonal excluded (NT-Xent), ``E`` is
-symmetric and ``E^T (q/s) = E (q/s)``: the backward is one product ``E [k, q/s]``.
+is the row maximum. A tensor temperature (learnable, e.g. CLIP's) is never read on the host, so it
+always gets the row-maximum shift.
+
+With ``c = 0`` and ``q is k`` (NT-Xent) the unexcluded matrix ``F = exp(q q^T / t)`` is symmetric and
+``E = F - X`` with ``X`` the excluded entries ``X_{i x_i} = F_{i x_i}``, so
+``E^T v = E v + X v - X^T v``: the backward is one product ``E [k, q/s]`` plus an O(N D) correction,
+which is exactly zero for the diagonal (``x_i = i``). Nothing in here reads a tensor on the host.
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ class SinglePositiveInfoNCE(torch.autograd.Function):
         temperature: Tensor | None,
         positive_index: Tensor,
         exclude_index: Tensor | None,
-        inv_t: float,
+        inv_t: float | Tensor,
         chunk: int,
         recompute: bool,
         symmetric: bool,
@@ -94,7 +99,7 @@ class SinglePositiveInfoNCE(torch.autograd.Function):
     ) -> Tensor:
         with torch.autocast(q.device.type, enabled=False):
             n, m = q.shape[0], k.shape[0]
-            row_shift = not unit_norm or inv_t + math.log(max(m, 1)) > _EXP_LIMIT[q.dtype]
+            row_shift = not unit_norm or isinstance(inv_t, Tensor) or inv_t + math.log(max(m, 1)) > _EXP_LIMIT[q.dtype]
             symmetric = symmetric and not row_shift
             qs = q * inv_t
             s = torch.empty(n, dtype=q.dtype, device=q.device)
@@ -146,6 +151,12 @@ class SinglePositiveInfoNCE(torch.autograd.Function):
                     b = min(a + chunk, n)
                     torch.mm(e_rows(a, b), rhs, out=out[a:b])
                 ek, et_q = out[:, :d], out[:, d:]
+                if exclude_index is not None:
+                    # E^T v = E v + X v - X^T v (module docstring); X v - X^T v summed first, so that it is
+                    # exactly zero for the diagonal
+                    f = (q[exclude_index] * q).sum(1).mul_(inv_t).exp_().unsqueeze(1)  # F_{i x_i}, (N, 1)
+                    corr = (f * q_over_s[exclude_index]).index_add_(0, exclude_index, f * q_over_s, alpha=-1)
+                    et_q = et_q + corr
             else:  # skip the product a gradient nobody asked for needs (e.g. detached memory-bank keys)
                 need_dq = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]  # dt is computed from dq
                 ek = torch.empty(n, d, dtype=q.dtype, device=q.device) if need_dq else None
@@ -192,10 +203,9 @@ def fused_info_nce(
         recompute = chunk_size is not None or n * m > RECOMPUTE_ABOVE
     chunk = chunk_size if chunk_size is not None else default_chunk_rows(m)
     t_tensor = temperature if isinstance(temperature, Tensor) else None
-    inv_t = 1.0 / float(t_tensor.detach() if t_tensor is not None else temperature)
+    # a tensor temperature stays on the device (reading it would wait for the queued kernels)
+    inv_t = t_tensor.detach().to(q.dtype).reciprocal() if t_tensor is not None else 1.0 / float(temperature)
     symmetric = q is k and n == m
-    if symmetric and exclude_index is not None:
-        symmetric = bool(torch.equal(exclude_index, torch.arange(n, device=exclude_index.device)))
     return SinglePositiveInfoNCE.apply(
         q, k, t_tensor, positive_index, exclude_index, inv_t, chunk, recompute, symmetric, unit_norm
     )

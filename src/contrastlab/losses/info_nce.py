@@ -20,15 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastlab.losses import checks
 from contrastlab.losses.fused_info_nce import fused_info_nce
 
 
-def _check_temperature(temperature: float | Tensor) -> float:
-    """``temperature`` as a float, or a clear error when it is not positive."""
+def _check_temperature(temperature: float | Tensor) -> None:
+    """A clear error when ``temperature`` is not a positive finite number. A tensor (a learnable temperature) is
+    read on the host only with the debug checks on (:mod:`contrastlab.losses.checks`)."""
+    if isinstance(temperature, Tensor):
+        if temperature.numel() != 1:
+            raise ValueError(f"temperature must have one element, got shape {tuple(temperature.shape)}")
+        if not checks.enabled():
+            return
     value = float(temperature.detach()) if isinstance(temperature, Tensor) else float(temperature)
     if not value > 0 or math.isinf(value):
         raise ValueError(f"temperature must be > 0, got {value}; set loss.temperature to a positive value.")
-    return value
 
 
 def info_nce(
@@ -41,6 +47,7 @@ def info_nce(
     exclude_index: Tensor | None = None,
     normalize: bool = True,
     chunk_size: int | None = None,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE of ``queries`` (N, D) against ``keys`` (M, D); returns a scalar.
 
@@ -56,10 +63,15 @@ def info_nce(
             Setting it selects that mode; ``None`` selects it automatically when ``N * M`` exceeds
             :data:`contrastlab.losses.fused_info_nce.RECOMPUTE_ABOVE` (2**26). Only for single
             positives (``positive_mask`` always uses the plain autograd path).
+        key_mask: (M,) bool, ``False`` for keys that are no candidate of any query (e.g. the empty slots of a
+            memory bank): left out of every denominator and never a positive. Uses the plain autograd path.
+
+    Index ranges, a tensor temperature's sign and ``exclude_index != positive_index`` are checked only with
+    the debug checks on (:mod:`contrastlab.losses.checks`): they read tensors on the host.
 
     Logits are computed in float32 even under autocast; the result has the dtype of the
     float32/float64 inputs' promotion (float64 stays float64). Pass the same tensor as ``queries``
-    and ``keys`` (with ``exclude_index`` the diagonal) to get the symmetric NT-Xent fast path.
+    and ``keys`` (e.g. with ``exclude_index`` the diagonal) to get the symmetric NT-Xent fast path.
     """
     _check_temperature(temperature)
     if queries.ndim != 2 or keys.ndim != 2 or queries.shape[1] != keys.shape[1]:
@@ -79,20 +91,17 @@ def info_nce(
     k = q if same else keys.to(compute_dtype)
     if normalize and not same:
         k = F.normalize(k, dim=1)
+    if key_mask is not None and key_mask.shape != (m,):
+        raise ValueError(f"key_mask must be (M,) = ({m},), got {tuple(key_mask.shape)}")
+    if positive_mask is None and key_mask is not None:  # one positive per query, some keys masked out
+        index = _default_positives(positive_index, n, m, q.device)
+        positive_mask = torch.zeros(n, m, dtype=torch.bool, device=q.device).scatter_(1, index[:, None], True)
     if positive_mask is not None:
         if positive_mask.shape != (n, m):
             raise ValueError(f"positive_mask must be (N, M) = {(n, m)}, got {tuple(positive_mask.shape)}")
-        return _info_nce_mask(q, k, positive_mask, temperature, exclude_index)
-    if positive_index is None:
-        if m < n:
-            raise ValueError(
-                f"default positives (key i for query i) need at least as many keys as queries, "
-                f"got {m} < {n}; pass positive_index"
-            )
-        positive_index = torch.arange(n, device=q.device)
-    _check_index("positive_index", positive_index, n, m)
-    positive_index = positive_index.long()
-    if exclude_index is not None and bool((exclude_index == positive_index).any()):
+        return _info_nce_mask(q, k, positive_mask, temperature, exclude_index, key_mask)
+    positive_index = _default_positives(positive_index, n, m, q.device)
+    if checks.enabled() and exclude_index is not None and bool((exclude_index == positive_index).any()):
         raise ValueError("exclude_index equals positive_index for some query; keep positives as candidates")
     return fused_info_nce(
         q,
@@ -105,13 +114,26 @@ def info_nce(
     )
 
 
+def _default_positives(positive_index: Tensor | None, n: int, m: int, device: torch.device) -> Tensor:
+    """``positive_index`` checked and as long, or ``arange(N)`` (key ``i`` for query ``i``) when None."""
+    if positive_index is None:
+        if m < n:
+            raise ValueError(
+                f"default positives (key i for query i) need at least as many keys as queries, "
+                f"got {m} < {n}; pass positive_index"
+            )
+        return torch.arange(n, device=device)
+    _check_index("positive_index", positive_index, n, m)
+    return positive_index.long()
+
+
 def _check_index(name: str, index: Tensor | None, n: int, m: int) -> None:
     if index is None:
         return
     if index.shape != (n,) or index.dtype not in (torch.int64, torch.int32):
         got = f"{index.dtype} of shape {tuple(index.shape)}"
         raise ValueError(f"{name} must be an (N,) = ({n},) integer tensor, got {got}")
-    if n and (int(index.min()) < 0 or int(index.max()) >= m):
+    if checks.enabled() and n and (int(index.min()) < 0 or int(index.max()) >= m):
         raise ValueError(f"{name} must index the {m} keys (0 <= index < {m})")
 
 
@@ -120,25 +142,32 @@ def _neg_inf(like: Tensor) -> Tensor:
 
 
 def _info_nce_mask(
-    q: Tensor, k: Tensor, positive_mask: Tensor, temperature: float | Tensor, exclude_index: Tensor | None
+    q: Tensor,
+    k: Tensor,
+    positive_mask: Tensor,
+    temperature: float | Tensor,
+    exclude_index: Tensor | None,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
-    """Plain autograd InfoNCE with a positive mask: ``L_i = lse_i - mean_{p in P(i)} l_ip``."""
+    """Plain autograd InfoNCE with a positive mask: ``L_i = lse_i - mean_{p in P(i)} l_ip``, averaged over the
+    queries with a positive (zero, with a graph, when none has one). Nothing is read on the host."""
     n = q.shape[0]
     with torch.autocast(device_type=q.device.type, enabled=False):
         logits = (q @ k.T) / temperature
         rows = torch.arange(n, device=q.device)
         pos = positive_mask.to(torch.bool)
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask.to(torch.bool)[None, :], float("-inf"))
+            pos = pos & key_mask.to(torch.bool)[None, :]
         if exclude_index is not None:
             logits = logits.index_put((rows, exclude_index), _neg_inf(logits))
             pos = pos.index_put((rows, exclude_index), torch.zeros((), device=q.device, dtype=torch.bool))
         lse = torch.logsumexp(logits, dim=1)
         n_pos = pos.sum(1)
         has_pos = n_pos > 0
-        if not bool(has_pos.any()):
-            return logits.masked_fill(~torch.isfinite(logits), 0.0).sum() * 0.0  # zero loss, graph attached
         pos_logit = torch.where(pos, logits, torch.zeros_like(logits)).sum(1)
-        per_query = lse - pos_logit / n_pos.clamp_min(1)
-        return per_query[has_pos].mean()
+        per_query = torch.where(has_pos, lse - pos_logit / n_pos.clamp_min(1), torch.zeros_like(lse))
+        return per_query.sum() / has_pos.sum().clamp_min(1).to(per_query.dtype)
 
 
 def info_nce_plain(

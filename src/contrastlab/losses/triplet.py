@@ -63,17 +63,22 @@ def pairwise_distance(x: Tensor, y: Tensor, distance: str = "cosine") -> Tensor:
     return _safe_sqrt(sq.clamp_min(0.0))
 
 
-def rowwise_searchsorted(sorted_rows: Tensor, row: Tensor, values: Tensor, right: bool = False) -> Tensor:
+def rowwise_searchsorted(
+    sorted_rows: Tensor, row: Tensor, values: Tensor, right: bool = False, max_per_row: int | None = None
+) -> Tensor:
     """``searchsorted(sorted_rows[row[t]], values[t])`` for every entry ``t`` -> (P,) long.
 
     ``sorted_rows`` (R, M) is sorted along dim 1; ``row`` (P,) is non-decreasing (the order of
-    ``nonzero``). The values are laid out as an (R, max entries per row) matrix padded with +inf, so
-    the work is one batched ``searchsorted`` of that size, not of (R, M)."""
+    ``nonzero``) with at most ``max_per_row`` entries per row (default M: e.g. one per (anchor, key)
+    pair). The values are laid out as an (R, max_per_row) matrix padded with +inf, so the work is one
+    batched ``searchsorted`` of at most the size of ``sorted_rows``, and its width is known without
+    reading anything back from the device."""
     if row.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=row.device)
+    width = sorted_rows.shape[1] if max_per_row is None else max_per_row
     counts = torch.bincount(row, minlength=sorted_rows.shape[0])
     slot = torch.arange(row.numel(), device=row.device) - (counts.cumsum(0) - counts)[row]
-    padded = values.new_full((sorted_rows.shape[0], int(counts.max())), float("inf"))
+    padded = values.new_full((sorted_rows.shape[0], width), float("inf"))
     padded[row, slot] = values
     return torch.searchsorted(sorted_rows, padded, right=right)[row, slot]
 
@@ -146,10 +151,8 @@ def batch_all_triplet_margin(dist: Tensor, positive_mask: Tensor, negative_mask:
     prefix = torch.where(torch.isinf(neg_sorted), torch.zeros_like(neg_sorted), neg_sorted).cumsum(1)
     taken = prefix[a, (count - 1).clamp_min(0)]
     per_pair = torch.where(count > 0, count.to(dist.dtype) * (d_ap + margin) - taken, torch.zeros_like(d_ap))
-    active = count.sum()
-    if int(active) == 0:
-        return dist.sum() * 0.0
-    return per_pair.sum() / active.to(dist.dtype)
+    active = count.sum()  # no active triplet: every per_pair is 0, so the loss is 0 (with a graph)
+    return per_pair.sum() / active.clamp_min(1).to(dist.dtype)
 
 
 class TripletMarginLoss(nn.Module):

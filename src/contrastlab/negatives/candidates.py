@@ -13,7 +13,8 @@ class Candidates:
     """What an InfoNCE-style loss sees.
 
     queries (N, D); keys (M, D); ``positive_index`` (N,) or ``positive_mask`` (N, M);
-    ``exclude_index`` (N,) removes each query's own copy from the denominator.
+    ``exclude_index`` (N,) removes each query's own copy from the denominator; ``key_mask`` (M,) bool, when
+    given, marks the keys that are candidates at all (e.g. a memory bank's filled slots).
     """
 
     queries: Tensor
@@ -21,13 +22,17 @@ class Candidates:
     positive_index: Tensor | None = None
     positive_mask: Tensor | None = None
     exclude_index: Tensor | None = None
+    key_mask: Tensor | None = None
 
     def loss_kwargs(self) -> dict[str, Tensor | None]:
-        return {
+        """Keyword arguments of :func:`~contrastlab.losses.info_nce` (``key_mask`` only when set, so a loss
+        without that argument still takes the candidates of samplers that never mask keys)."""
+        kw = {
             "positive_index": self.positive_index,
             "positive_mask": self.positive_mask,
             "exclude_index": self.exclude_index,
         }
+        return kw if self.key_mask is None else {**kw, "key_mask": self.key_mask}
 
 
 @dataclass
@@ -36,7 +41,8 @@ class TripletCandidates:
 
     ``query_targets`` (N,) and ``key_targets`` (M,) decide positives (equal, >= 0) and negatives
     (different, both >= 0); ``self_index`` (N,) is each query's own column among the keys (never its
-    own positive).
+    own positive); ``key_mask`` (M,) bool, when given, marks the keys that are candidates at all (a memory
+    bank's filled slots; its empty ones also have target -1, so the miners never pick them).
     """
 
     queries: Tensor
@@ -44,6 +50,7 @@ class TripletCandidates:
     query_targets: Tensor
     key_targets: Tensor
     self_index: Tensor | None = None
+    key_mask: Tensor | None = None
 
 
 @dataclass

@@ -74,16 +74,22 @@ class MemoryBank(TripletMiner, CandidateSampler, Memory, NeedsIds, BindsEncoder)
 
     # --- the queue -----------------------------------------------------------------------------------
     def memory(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The valid rows: ``(embeddings (Q, D), ids (Q,), labels (Q,))``, Q = ``filled``."""
+        """The valid rows: ``(embeddings (Q, D), ids (Q,), labels (Q,))``, Q = ``filled`` (read on the host:
+        for inspection; training uses the whole queue and :meth:`valid_rows`)."""
         q = int(self.filled)
         return self.queue[:q], self.queue_ids[:q], self.queue_labels[:q]
+
+    def valid_rows(self) -> Tensor:
+        """(size,) bool: which slots hold an enqueued row (the first ``filled``; FIFO fills them in order)."""
+        return torch.arange(self.size, device=self.filled.device) < self.filled
 
     @torch.no_grad()
     def enqueue(self, embeddings: Tensor, ids: Tensor, labels: Tensor | None = None) -> None:
         """Append ``embeddings`` (B, D) with ``ids``/``labels`` (B,) from every rank (rank order), FIFO.
 
         Writing wraps around the end of the queue: the first ``size - ptr`` rows go to the end, the
-        rest to the start, so no row of the batch is dropped."""
+        rest to the start, so no row of the batch is dropped. ``ptr`` and ``filled`` stay tensors and the
+        slots are computed on the device: nothing is read back."""
         labels = torch.full_like(ids, -1) if labels is None else labels
         emb = distributed.gather(embeddings.detach(), with_grad=False)
         ids = distributed.gather(ids.to(self.queue_ids.device), with_grad=False)
@@ -98,17 +104,12 @@ class MemoryBank(TripletMiner, CandidateSampler, Memory, NeedsIds, BindsEncoder)
             self.queue = torch.zeros(self.size, emb.shape[1], device=self.queue.device, dtype=self.queue.dtype)
         if emb.shape[1] != self.queue.shape[1]:
             raise ValueError(f"embeddings have width {emb.shape[1]} but the queue holds {self.queue.shape[1]}")
-        p = int(self.ptr)
-        first = min(b, self.size - p)
-        for dst, src in (
-            (self.queue, emb.to(self.queue.dtype)),
-            (self.queue_ids, ids),
-            (self.queue_labels, labels),
-        ):
-            dst[p : p + first] = src[:first]
-            dst[: b - first] = src[first:]
-        self.ptr.fill_((p + b) % self.size)
-        self.filled.fill_(min(int(self.filled) + b, self.size))
+        slots = (self.ptr + torch.arange(b, device=self.ptr.device)) % self.size  # b <= size: distinct slots
+        self.queue.index_copy_(0, slots.to(self.queue.device), emb.to(self.queue.dtype))
+        self.queue_ids.index_copy_(0, slots.to(self.queue_ids.device), ids.to(self.queue_ids.dtype))
+        self.queue_labels.index_copy_(0, slots.to(self.queue_labels.device), labels.to(self.queue_labels.dtype))
+        self.ptr.copy_((self.ptr + b) % self.size)
+        self.filled.copy_((self.filled + b).clamp_max(self.size))
 
     @torch.no_grad()
     def update(self, embeddings: Tensor, batch: dict[str, Any]) -> None:
@@ -125,26 +126,37 @@ class MemoryBank(TripletMiner, CandidateSampler, Memory, NeedsIds, BindsEncoder)
 
     # --- what the losses see ---------------------------------------------------------------------------
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, ids: Tensor | None = None) -> Candidates:
-        """InfoNCE candidates: queries ``[z1; z2]`` (2N, D); keys = the batch (gathered) then the queue.
+        """InfoNCE candidates: queries ``[z1; z2]`` (2N, D); keys = the batch (gathered) then the whole queue,
+        whose empty slots are masked out (``key_mask``).
 
-        Positives: the other view, plus (``label_positives`` with labels) every key of the same label,
-        or else every queued row of the same image id. Each query's own row is excluded."""
+        Positives: the other view, plus every key of the same label (``label_positives``, for queries with a
+        known label >= 0) or else every queued row of the same image id. Each query's own row is excluded."""
         n = z1.shape[0]
         queries = torch.cat([z1, z2])
         if ids is None:
             raise ValueError("the memory bank needs batch['index'] ids; pass ids=")
         q_ids = ids.to(queries.device).repeat(2)
-        q_labels = torch.full_like(q_ids, -1) if labels is None else labels.to(queries.device).repeat(2)
-        use_labels = self.label_positives and bool((q_labels >= 0).all())
-        q_targets = q_labels if use_labels else q_ids
-        cands = self.batch_candidates(queries, q_targets)
-        keys, key_targets = self._append_memory(cands.keys, cands.key_targets, by_labels=use_labels)
+        cands = self.batch_candidates(queries, q_ids)
+        keys, key_ids = self._append_memory(cands.keys, cands.key_targets, by_labels=False)
+        mask = (q_ids[:, None] == key_ids[None, :]) & (key_ids >= 0)[None, :]
+        if self.label_positives and labels is not None:
+            q_labels = labels.to(queries.device).repeat(2)
+            batch_labels = distributed.gather(q_labels, with_grad=False) if self._gathers() else q_labels
+            _, key_labels = self._append_memory(cands.keys, batch_labels, by_labels=True)
+            same_label = (q_labels[:, None] == key_labels[None, :]) & (key_labels >= 0)[None, :]
+            mask = torch.where((q_labels >= 0)[:, None], same_label, mask)
         rows = torch.arange(2 * n, device=queries.device)
-        offset = int(cands.self_index[0]) if cands.self_index is not None else 0  # type: ignore[index]
-        mask = q_targets[:, None] == key_targets[None, :]
-        mask[rows, offset + (rows + n) % (2 * n)] = True
-        mask[rows, cands.self_index] = False
-        return Candidates(queries, keys, positive_mask=mask, exclude_index=cands.self_index)
+        self_index = cands.self_index
+        assert self_index is not None  # batch_candidates always sets it
+        mask[rows, self_index[(rows + n) % (2 * n)]] = True  # the other view of the same item
+        mask[rows, self_index] = False
+        key_mask = None
+        if keys.shape[0] > cands.keys.shape[0]:  # the queue was appended: its empty slots are no candidates
+            key_mask = torch.cat([torch.ones_like(cands.key_targets, dtype=torch.bool), self.valid_rows()])
+        return Candidates(queries, keys, positive_mask=mask, exclude_index=self_index, key_mask=key_mask)
+
+    def _gathers(self) -> bool:
+        return self.gather_across_ranks and distributed.is_distributed()
 
     def candidates(
         self,
@@ -157,15 +169,20 @@ class MemoryBank(TripletMiner, CandidateSampler, Memory, NeedsIds, BindsEncoder)
     ) -> TripletCandidates:
         """Triplet candidates: the batch (gathered) then the queue, targets = labels or image ids."""
         cands = super().candidates(z, ids, labels, positives, batch, embed)
+        batch_rows = cands.keys.shape[0]
         cands.keys, cands.key_targets = self._append_memory(cands.keys, cands.key_targets, positives == "labels")
+        if cands.keys.shape[0] > batch_rows:  # the queue was appended: its empty slots are no candidates
+            cands.key_mask = torch.cat([torch.ones(batch_rows, dtype=torch.bool, device=z.device), self.valid_rows()])
         return cands
 
     def _append_memory(self, keys: Tensor, targets: Tensor, by_labels: bool) -> tuple[Tensor, Tensor]:
-        """``keys`` (M, D) and ``targets`` (M,) followed by the queue's valid rows and their labels or ids."""
-        bank, bank_ids, bank_labels = self.memory()
-        if bank.shape[0] == 0:
+        """``keys`` (M, D) and ``targets`` (M,) followed by the whole queue and its labels or ids (an empty slot
+        has target -1: neither a positive nor a negative of anyone; slicing off the empty slots would need
+        their number on the host)."""
+        if self.queue.shape[1] == 0:  # nothing enqueued yet (width taken from the first batch)
             return keys, targets
-        return torch.cat([keys, bank.to(keys.dtype)]), torch.cat([targets, bank_labels if by_labels else bank_ids])
+        bank_targets = self.queue_labels if by_labels else self.queue_ids
+        return torch.cat([keys, self.queue.to(keys.dtype)]), torch.cat([targets, bank_targets.to(targets.device)])
 
     def extra_repr(self) -> str:
         return (

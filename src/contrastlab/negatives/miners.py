@@ -88,8 +88,8 @@ def mine_from_distances(
     rows_per_block = _row_blocks(n, m, block_elements)
     a_parts, p_parts, n_parts = [], [], []
     pos_masks, neg_masks = [], []
-    num, active, hardest_sum = (dist.new_zeros((), dtype=torch.float64) for _ in range(3))
-    hardest_count = 0
+    # statistics stay on the device (read only when logged)
+    num, active, hardest_sum, hardest_count = (dist.new_zeros((), dtype=torch.float64) for _ in range(4))
     for r0 in range(0, n, rows_per_block):
         d = dist[r0 : r0 + rows_per_block]
         sidx = None if self_index is None else self_index[r0 : r0 + rows_per_block]
@@ -98,8 +98,8 @@ def mine_from_distances(
         d_neg = torch.where(neg, d, inf)
         nearest_neg, nearest_idx = d_neg.min(1)  # first occurrence on ties
         has_neg, has_pos = neg.any(1), pos.any(1)
-        hardest_sum += nearest_neg[has_neg].double().sum()
-        hardest_count += int(has_neg.sum())
+        hardest_sum += torch.where(has_neg, nearest_neg, torch.zeros_like(nearest_neg)).double().sum()
+        hardest_count += has_neg.sum()
         if strategy == "batch_hard":
             valid = has_pos & has_neg
             far_pos = torch.where(pos, d, -inf).argmax(1)
@@ -131,8 +131,8 @@ def mine_from_distances(
         active += (loss > 0).double().sum()
     stats = {
         "num_triplets": num,
-        "active_fraction": active / num if num > 0 else num.new_zeros(()),
-        "hardest_negative_distance": hardest_sum / max(hardest_count, 1),
+        "active_fraction": active / num.clamp_min(1),  # 0 without triplets
+        "hardest_negative_distance": hardest_sum / hardest_count.clamp_min(1),
     }
     if strategy == "batch_all":
         return MinedTriplets(positive_mask=torch.cat(pos_masks), negative_mask=torch.cat(neg_masks), stats=stats)

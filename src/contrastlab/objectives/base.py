@@ -38,6 +38,13 @@ def check_objective(trained: str, expected: str, source: str = "the checkpoint",
     )
 
 
+def _channels_last_input(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: a 4-D image batch enters in the channels-last layout (a copy only when it is not)."""
+    if args and isinstance(args[0], Tensor) and args[0].ndim == 4:
+        return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+    return None
+
+
 class ContrastiveObjective(L.LightningModule):
     """Base LightningModule.
 
@@ -58,6 +65,8 @@ class ContrastiveObjective(L.LightningModule):
             Only objectives with ``supports_grad_cache`` accept it.
         compile_encoder: ``torch.compile`` the towers (``encoder`` and any text towers) in place at fit
             start (:meth:`configure_model`); state-dict keys are unchanged.
+        channels_last: store the image encoder's weights and feed it images in the channels-last memory
+            layout (NHWC; faster convolutions on GPUs with tensor cores), from fit start; values unchanged.
     """
 
     #: name written into checkpoints; ``contrastlab-eval`` refuses a checkpoint of another objective.
@@ -82,6 +91,7 @@ class ContrastiveObjective(L.LightningModule):
         base_batch_size: int = 256,
         grad_cache: Mapping[str, Any] | GradCache | None = None,
         compile_encoder: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.encoder, self.head, self.loss, self.negatives = encoder, head, loss, negatives
@@ -101,7 +111,7 @@ class ContrastiveObjective(L.LightningModule):
             )
         if isinstance(negatives, BindsEncoder):  # e.g. a momentum key encoder copies (encoder, head)
             negatives.bind(encoder, head)
-        self.compile_encoder = compile_encoder
+        self.compile_encoder, self.channels_last = compile_encoder, channels_last
         self.run_config: dict | None = None  # the resolved Hydra config, set by train.py, saved in checkpoints
 
     # --- embeddings -----------------------------------------------------------------------------
@@ -121,6 +131,13 @@ class ContrastiveObjective(L.LightningModule):
         them, every ``log_every_n_steps``.)"""
         self.log(name, torch.full((), float(value), device=self.device), **kwargs)
 
+    def log_candidates(self, keys: Tensor, key_mask: Tensor | None) -> None:
+        """``train/num_candidates``: the keys a query is scored against (those of ``key_mask``, when given)."""
+        if key_mask is None:
+            self.log_number("train/num_candidates", keys.shape[0])
+        else:
+            self.log("train/num_candidates", key_mask.sum().float())
+
     # --- validation: embedding spread (collapse indicator) ----------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         z = torch.nn.functional.normalize(self.embed(batch["image"]).float(), dim=1)
@@ -133,6 +150,11 @@ class ContrastiveObjective(L.LightningModule):
         return [m for m in (getattr(self, n, None) for n in names) if isinstance(m, nn.Module)]
 
     def configure_model(self) -> None:
+        encoder = getattr(self, "encoder", None)
+        if self.channels_last and isinstance(encoder, nn.Module) and not getattr(encoder, "_channels_last", False):
+            encoder.to(memory_format=torch.channels_last)  # 4-D weights only; the rest is unchanged
+            encoder.register_forward_pre_hook(_channels_last_input)
+            encoder._channels_last = True
         if self.compile_encoder:
             for tower in self.compile_targets():
                 if getattr(tower, "_compiled_call_impl", None) is None:

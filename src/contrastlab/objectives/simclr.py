@@ -31,7 +31,7 @@ class SimCLR(ContrastiveObjective):
         cands = self.negatives(z1, z2, batch.get("label"), ids=ids)
         loss = self.loss(cands.queries, cands.keys, **cands.loss_kwargs())
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("train/num_candidates", float(cands.keys.shape[0]))
+        self.log_candidates(cands.keys, cands.key_mask)
         if isinstance(self.negatives, Memory):  # e.g. the memory bank enqueues this batch after the loss
             self.negatives.update(torch.cat([z1, z2]).detach(), batch)
         return loss

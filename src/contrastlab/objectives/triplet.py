@@ -109,7 +109,7 @@ class Triplet(ContrastiveObjective):
         loss = self.loss.from_distances(dist, **mined.loss_kwargs())
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict({f"train/mining/{k}": v.float() for k, v in mined.stats.items()}, sync_dist=True)
-        self.log("train/num_candidates", float(cands.keys.shape[0]))
+        self.log_candidates(cands.keys, cands.key_mask)
         self.collapse_guard.update(z)
         if isinstance(self.negatives, Memory):  # e.g. the memory bank enqueues this batch
             self.negatives.update(z.detach(), batch)

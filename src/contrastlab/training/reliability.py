@@ -220,7 +220,8 @@ class NonFiniteGuard(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        pl_module.log("train/skipped_steps", float(self.skipped))
+        # a tensor filled on the device: a Python number would be copied from the host, which waits for the device
+        pl_module.log("train/skipped_steps", torch.full((), float(self.skipped), device=pl_module.device))
         if not self._stop_now:
             return
         self._stop_now = False
