@@ -201,6 +201,15 @@ COVERAGE: dict[str, tuple[str, tuple[str, ...]]] = {
         "--toy: a tiny random model written by the script (the full size needs the real model)",
         ("tests/docs/test_benchmark_vs_st.py::test_the_toy_run_prints_both_rows",),
     ),
+    # --- GPUs ---------------------------------------------------------------------------------------
+    "python benchmarks/gpu_throughput.py": (
+        "--toy on the CPU (no GPU here)",
+        ("tests/docs/test_benchmark_gpu_throughput.py::test_toy_run_prints_throughput_and_memory_of_each_case",),
+    ),
+    "python benchmarks/augment_speed.py": (
+        "a quick run at small sizes",
+        ("tests/docs/test_benchmark_augment_speed.py::test_quick_run_prints_each_case_and_the_verdict",),
+    ),
     # --- pretrained CLIP, BEIR, mining -----------------------------------------------------------------
     "contrastlab-train objective=clip encoder=open_clip encoder.model=ViT-B-32 encoder.pretrained=laion2b_s34b_b79k data=image_text_csv data.path=captions.csv optimizer.lr=1e-5 data.batch_size=128 callbacks.knn=null": (
         "a tiny random-init open_clip model saved to a file by the test instead of the laion2b download "
