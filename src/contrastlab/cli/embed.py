@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from contrastlab.cli import boundary
 from contrastlab.config import build
 from contrastlab.config.checks import ConfigError
+from contrastlab.data.base import capabilities
 from contrastlab.evaluation.embed import embed_loader
 from contrastlab.training.checkpoints import LoadedCheckpoint, load_checkpoint
 
@@ -99,7 +100,7 @@ def item_paths(dataset: Dataset | None) -> list[str] | None:
 
 def split_captions(datamodule: Any, split: str) -> list[list[str]] | None:
     """Captions of each image of ``split`` for image-text data, else None."""
-    if not getattr(datamodule, "has_captions", False):
+    if not capabilities(datamodule).has_captions:
         return None
     data = getattr(datamodule, f"{split}_split", None)
     caps = getattr(data, "captions", None)
@@ -153,7 +154,7 @@ def export_embeddings(
     if split not in (*SPLITS, "all"):
         raise ConfigError(f"split must be train, val or all, got {split}")
     model, dm = ckpt.model, ckpt.datamodule
-    if not getattr(dm, "has_images", True):
+    if not capabilities(dm).has_images:
         return export_documents(ckpt, split, out_dir, show_progress)
     device = next(model.parameters()).device
     image_fn, space_name = image_encoder_of(model, space)

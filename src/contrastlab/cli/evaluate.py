@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from contrastlab.cli import boundary
 from contrastlab.config import build
 from contrastlab.config.checks import ConfigError
+from contrastlab.data.base import capabilities
 from contrastlab.evaluation.callbacks import KNNMonitor
 from contrastlab.evaluation.clustering import clustering_metrics
 from contrastlab.evaluation.embed import embed_loader
@@ -71,7 +72,7 @@ def evaluate(
 
     needs_embeddings = any(s != "objective" for s in selected)
     tr_x = tr_y = va_x = va_y = None
-    if needs_embeddings and not getattr(dm, "has_images", True):
+    if needs_embeddings and not capabilities(dm).has_images:
         skipped.update({s: "the data has no images (text only)" for s in selected if s != "objective"})
     elif needs_embeddings:
         try:
@@ -83,7 +84,7 @@ def evaluate(
                     skipped[s] = f"the data has no {e} in its batches"
     lap("embed")
     embedded = va_x is not None
-    labelled = embedded and getattr(dm, "has_labels", True) and bool((tr_y >= 0).any() and (va_y >= 0).any())
+    labelled = embedded and capabilities(dm).has_labels and bool((tr_y >= 0).any() and (va_y >= 0).any())
     for s in selected:
         if s in LABELLED and embedded and not labelled:
             skipped[s] = "the data has no labels"
