@@ -294,8 +294,18 @@ class WandbRunLogger(WandbLogger):
             run = super().experiment  # rank 0 starts the run; other ranks get Lightning's no-op experiment
         except Exception as err:
             if self._wandb_init.get("mode") != "online":
-                self._turn_off("W&B could not start", err)
-                return DummyLogger().experiment
+                # offline needs no network: a failed start is wandb's local service (slow to come up on a
+                # loaded machine); free what it holds and try once more before W&B is turned off
+                import wandb
+
+                wandb.teardown()
+                try:
+                    run = super().experiment
+                except Exception as err2:
+                    self._turn_off("W&B could not start", err2)
+                    return DummyLogger().experiment
+                self._write_run_info(run)
+                return run
             self._go_offline(err)
             try:
                 run = super().experiment
@@ -347,7 +357,10 @@ class WandbRunLogger(WandbLogger):
             "sync_dir": run.settings.sync_dir,
             **extra,
         }
-        (Path(str(self.save_dir)) / RUN_INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+        path = Path(str(self.save_dir)) / RUN_INFO_FILE
+        partial = path.with_suffix(".json.partial")  # written whole, then renamed: a kill never leaves half a file
+        partial.write_text(json.dumps(info, indent=2, default=str) + "\n")
+        partial.replace(path)
 
     # ------------------------------------------------------------------ W&B calls that never raise
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
