@@ -83,7 +83,7 @@ def test_killed_run_resumes_the_same_wandb_run(tmp_path: Path) -> None:
     (second,) = (run2 / "wandb").glob(f"offline-run-*-{run_id}")
     # what wandb itself held for the resumed run (its public attributes, saved by the logger)
     first_info, info = read_run_info(run1), read_run_info(run2)
-    assert first_info is not None, "W&B never started in the killed run:\n" + (tmp_path / "run1.log").read_text()[-3000:]
+    assert first_info is not None, "W&B never started in run1:\n" + (tmp_path / "run1.log").read_text()[-3000:]
     assert first_info["id"] == info["id"] == run_id and info["sync_dir"] == str(second)
     assert info["status"] == "success"
     # the resumed run logged only after the checkpoint's step, into the W&B run and its own history
