@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # pyproject's ranges admit them and anything newer elsewhere.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup train test lint bench clean
+.PHONY: setup train test lint bench mutate clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or run: make PY=python3 ...)"; exit 1; }
@@ -40,6 +40,18 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/loss_speed.py
+
+# Mutation testing (not part of `make test`; not for CI: tens of minutes to hours). mutmut mutates the modules
+# of pyproject's [tool.mutmut] only_mutate in a copy under build/mutate and runs, per mutant, the fast tests
+# that cover it; survivors are listed at the end (inspect one: cd build/mutate && ../../$(BIN)/mutmut show NAME).
+# Limit the run with MUTANTS, e.g. make mutate MUTANTS='contrastlab.losses.*'; results are kept between runs
+# (rm -rf build/mutate to start afresh).
+MUTANTS ?=
+mutate: setup
+	mkdir -p build/mutate
+	cp -rp src tests conf pyproject.toml build/mutate/
+	cd build/mutate && OMP_NUM_THREADS=1 ../../$(BIN)/mutmut run $(MUTANTS)
+	cd build/mutate && ../../$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) outputs/*/ .pytest_cache

@@ -1,0 +1,175 @@
+"""Reliability pieces in isolation, found untested by mutation testing (``make mutate``): the pre-emption exit
+status, the guard's checkpoint state, buffers put back in place (or replaced when their shape changed), the
+OSError behind a failed write, where ``last.ckpt`` goes, one SIGTERM save per step, and a resumed data order
+that restores the RNGs and starts the right pass."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import nn
+
+from contrastlab.errors import EXIT_PREEMPTED
+from contrastlab.training import reliability
+from contrastlab.training.data_order import DataOrder, rng_states
+
+
+def test_preempted_exits_143_with_its_message() -> None:
+    err = reliability.Preempted("stopped by SIGTERM at step 3")
+    assert err.code == EXIT_PREEMPTED == 143 and err.message == "stopped by SIGTERM at step 3"
+
+
+def test_the_guard_state_survives_a_checkpoint() -> None:
+    guard = reliability.NonFiniteGuard(max_consecutive=5)
+    guard.skipped, guard.consecutive = 7, 2
+    fresh = reliability.NonFiniteGuard()
+    fresh.load_state_dict(guard.state_dict())
+    assert (fresh.skipped, fresh.consecutive) == (7, 2)
+    fresh.load_state_dict({"other": 1})  # a checkpoint of an older version: counts start at 0
+    assert (fresh.skipped, fresh.consecutive) == (0, 0)
+
+
+class Owner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("count", torch.tensor([1.0, 2.0]))
+        self.child = nn.Module()
+        self.child.register_buffer("queue", torch.zeros(2, 3))
+        self.child.register_buffer("lazy", torch.zeros(0))
+
+
+def test_buffers_are_put_back_in_place_or_replaced_when_resized() -> None:
+    module = Owner()
+    guard = reliability.NonFiniteGuard()
+    guard.on_train_batch_start(None, module, None, 0)  # type: ignore[arg-type]
+    count, queue = module.count, module.child.queue
+    with torch.no_grad():  # what a skipped step did: in place, resized, and dropped
+        count.add_(5)
+        queue.fill_(9)
+    module.child.lazy = torch.ones(4, 3)  # a memory bank sized at its first enqueue
+    guard._put_back_buffers(module)
+    assert module.count is count and torch.equal(count, torch.tensor([1.0, 2.0]))
+    assert module.child.queue is queue and torch.equal(queue, torch.zeros(2, 3))  # in place: views stay valid
+    assert module.child.lazy.shape == (0,)  # the lazily sized buffer: the saved tensor itself
+    guard.on_train_batch_start(None, module, None, 0)  # type: ignore[arg-type]
+    module.child.queue = None  # a buffer set to None during the step
+    guard._put_back_buffers(module)
+    assert torch.equal(module.child.queue, torch.zeros(2, 3))
+    guard._put_back_buffers(module)  # nothing saved: nothing to do
+
+
+def test_the_os_error_behind_a_failed_write_is_found_in_the_chain() -> None:
+    disk = OSError(28, "No space left on device")
+    assert reliability._os_error_in(disk) is disk
+    wrapped = RuntimeError("torch.save failed")
+    wrapped.__cause__ = disk
+    assert reliability._os_error_in(wrapped) is disk
+    context = ValueError("while handling")
+    context.__context__ = wrapped
+    assert reliability._os_error_in(context) is disk
+    a, b = RuntimeError("a"), RuntimeError("b")
+    a.__context__, b.__context__ = b, a  # a cycle without an OSError ends
+    assert reliability._os_error_in(a) is None
+    assert reliability._os_error_in(RuntimeError("plain")) is None
+    assert reliability._os_error_in(None) is None
+
+
+class Tiny(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2)
+
+
+class SaveAtEnd(L.Callback):
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.path = reliability.save_last(trainer)
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "expected"),
+    [
+        ({"dirpath": "ck", "save_last": True}, "ck/last.ckpt"),  # through the ModelCheckpoint that keeps last
+        ({"dirpath": "ck", "save_last": False}, "root/checkpoints/last.ckpt"),  # one that keeps no last
+        (None, "root/checkpoints/last.ckpt"),
+    ],
+)
+def test_save_last_writes_where_a_resumed_run_looks(tmp_path: Path, checkpoint: dict | None, expected: str) -> None:
+    saver = SaveAtEnd()
+    callbacks: list = [saver]
+    if checkpoint is not None:
+        callbacks.append(ModelCheckpoint(**{**checkpoint, "dirpath": tmp_path / checkpoint["dirpath"]}))
+    trainer = L.Trainer(
+        default_root_dir=tmp_path / "root",
+        max_steps=1,
+        callbacks=callbacks,
+        enable_checkpointing=checkpoint is not None,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Tiny())
+    assert saver.path == tmp_path / expected and saver.path.is_file()
+    assert "state_dict" in torch.load(saver.path, weights_only=True)
+
+
+def test_sigterm_saves_once_per_step(monkeypatch) -> None:
+    saves: list[int] = []
+    monkeypatch.setattr(reliability, "save_last", lambda trainer: saves.append(trainer.global_step) or Path("last"))
+    callback = reliability.PreemptionCheckpoint()
+    trainer = SimpleNamespace(global_step=0, received_sigterm=True, world_size=1)
+    assert callback.message(trainer) == (  # type: ignore[arg-type]
+        "stopped by SIGTERM at step 0: no checkpoint was saved (no step finished); continue with the same "
+        "command plus ckpt_path=last (or resume=auto)."
+    )
+    callback.on_exception(trainer, None, SIGTERMException())  # type: ignore[arg-type]  # no step finished yet
+    trainer.global_step = 3
+    callback.on_exception(trainer, None, RuntimeError("not SIGTERM"))  # type: ignore[arg-type]
+    assert saves == []
+    callback.on_train_batch_end(trainer, None, None, None, 0)  # type: ignore[arg-type]
+    callback.on_exception(trainer, None, SIGTERMException())  # type: ignore[arg-type]  # the same step: saved
+    trainer.global_step = 4
+    callback.on_exception(trainer, None, SIGTERMException())  # type: ignore[arg-type]
+    assert saves == [3, 4]
+    assert callback.message(trainer) == (  # type: ignore[arg-type]
+        "stopped by SIGTERM at step 4: saved last; continue with the same command plus ckpt_path=last (or resume=auto)."
+    )
+    trainer.world_size = 2  # under DDP the batch-end save waits for Lightning's SIGTERMException
+    trainer.global_step = 5
+    callback.on_train_batch_end(trainer, None, None, None, 0)  # type: ignore[arg-type]
+    assert saves == [3, 4]
+
+
+def test_a_resumed_data_order_restores_the_rngs_and_starts_the_right_pass() -> None:
+    torch.manual_seed(11)
+    np.random.seed(12)
+    random.seed(13)
+    saved = rng_states()
+    expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    for args in [(2, 5, 10, (2, 5)), (2, 10, 10, (3, 0)), (2, 0, 0, (3, 0)), (2, 7, -1, (2, 7))]:
+        *state, pending = args
+        order = DataOrder(seed=1)
+        order.load_state_dict({"epoch": state[0], "batches": state[1], "epoch_batches": state[2], "rng": saved})
+        assert order.next_pass() == pending  # then the plain count again
+        torch.manual_seed(0)
+        np.random.seed(0)
+        random.seed(0)
+        order.on_train_start(None, None)  # type: ignore[arg-type]
+        got = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+        assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
