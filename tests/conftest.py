@@ -29,8 +29,11 @@ class Run:
 
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
+    # WANDB_SERVICE is set by wandb in a process that started its service (an in-process W&B test run); a child
+    # inheriting it connects to that service, which may be gone by then: every command starts its own
+    inherited = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     return {
-        **os.environ,
+        **inherited,
         "CONTRASTLAB_OUTPUTS": str(tmp_path / "outputs"),
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
