@@ -106,6 +106,7 @@ class SaveAtEnd(L.Callback):
     ("checkpoint", "expected"),
     [
         ({"dirpath": "ck", "save_last": True}, "ck/last.ckpt"),  # through the ModelCheckpoint that keeps last
+        ({"dirpath": "ck", "save_last": True, "last_name": "last-{step}"}, "ck/last-step=1.ckpt"),  # its own name
         ({"dirpath": "ck", "save_last": False}, "root/checkpoints/last.ckpt"),  # one that keeps no last
         (None, "root/checkpoints/last.ckpt"),
     ],
@@ -114,7 +115,10 @@ def test_save_last_writes_where_a_resumed_run_looks(tmp_path: Path, checkpoint: 
     saver = SaveAtEnd()
     callbacks: list = [saver]
     if checkpoint is not None:
-        callbacks.append(ModelCheckpoint(**{**checkpoint, "dirpath": tmp_path / checkpoint["dirpath"]}))
+        settings = {k: v for k, v in checkpoint.items() if k != "last_name"}
+        callbacks.append(ModelCheckpoint(**{**settings, "dirpath": tmp_path / checkpoint["dirpath"]}))
+        if "last_name" in checkpoint:  # Lightning's way to name last.ckpt, metrics filled in
+            callbacks[-1].CHECKPOINT_NAME_LAST = checkpoint["last_name"]
     trainer = L.Trainer(
         default_root_dir=tmp_path / "root",
         max_steps=1,
@@ -139,6 +143,12 @@ def test_sigterm_saves_once_per_step(monkeypatch) -> None:
         "command plus ckpt_path=last (or resume=auto)."
     )
     callback.on_exception(trainer, None, SIGTERMException())  # type: ignore[arg-type]  # no step finished yet
+    assert saves == []
+    trainer.global_step = 1
+    callback.on_exception(trainer, None, SIGTERMException())  # type: ignore[arg-type]  # one step finished
+    assert saves == [1]
+    saves.clear()
+    callback = reliability.PreemptionCheckpoint()  # a fresh run
     trainer.global_step = 3
     callback.on_exception(trainer, None, RuntimeError("not SIGTERM"))  # type: ignore[arg-type]
     assert saves == []
