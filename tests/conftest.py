@@ -27,6 +27,22 @@ class Run:
     def output(self) -> str:
         return self.proc.stdout + self.proc.stderr
 
+    def checkpoint_metrics(self) -> dict[str, float]:
+        """``evaluate_metrics`` of the run's last checkpoint (a dual-encoder objective: CLIP, bi-encoder),
+        recomputed in this process: the numbers the run's final validation must have logged."""
+        from contrastlab import api
+
+        model, dm, _ = api.load_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")
+        return model.evaluate_metrics(dm)
+
+    def assert_metrics_match_checkpoint(self, *keys: str) -> dict[str, float]:
+        """Every ``keys`` entry of ``metrics.json`` (all recomputed ones when none are named) equals its value
+        recomputed from the last checkpoint; returns the recomputed metrics."""
+        again, logged = self.checkpoint_metrics(), self.metrics
+        for key in keys or tuple(k for k in again if not k.endswith("_chance")):
+            assert logged[key] == pytest.approx(again[key], abs=1e-6), key
+        return again
+
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
     # WANDB_SERVICE is set by wandb in a process that started its service (an in-process W&B test run); a child

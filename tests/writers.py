@@ -22,6 +22,21 @@ def _images(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
 
 
+def _class_images(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarray:
+    """(n, size, size, 3) uint8: each image its class's colour (10 colours around the hue circle) plus
+    uniform noise of +-40, so that a kNN on any sensible features beats chance by far (a test can then
+    assert more than ``0 <= accuracy <= 1``)."""
+    hue = labels.astype(np.float64) / 10 * 2 * np.pi
+    colour = 128 + 100 * np.stack([np.cos(hue), np.cos(hue - 2.1), np.cos(hue + 2.1)], axis=1)  # (n, 3)
+    noise = rng.integers(-40, 41, size=(len(labels), size, size, 3))
+    return np.clip(colour[:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def _balanced_labels(rng: np.random.Generator, n: int, classes: int) -> np.ndarray:
+    """(n,) labels in a random order with every class as often as ``n`` allows."""
+    return rng.permutation(np.arange(n) % classes)
+
+
 def _pickle(path: Path, obj: dict) -> None:
     with open(path, "wb") as f:
         pickle.dump(obj, f, protocol=2)
@@ -35,16 +50,19 @@ def _cifar_batch(images: np.ndarray, labels: list[int], label_key: str, name: st
 
 
 def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
-    """``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``; returns images and labels."""
+    """``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` of class-coloured images (see
+    :func:`_class_images`); returns images and labels."""
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
-    train_x, train_y = _images(rng, 5 * per_batch, 32), rng.integers(0, 10, 5 * per_batch)
+    train_y = _balanced_labels(rng, 5 * per_batch, 10)
+    train_x = _class_images(rng, train_y, 32)
     for k in range(5):
         sl = slice(k * per_batch, (k + 1) * per_batch)
         batch = _cifar_batch(train_x[sl], train_y[sl].tolist(), "labels", f"training batch {k + 1} of 5")
         _pickle(folder / f"data_batch_{k + 1}", batch)
-    test_x, test_y = _images(rng, n_test, 32), rng.integers(0, 10, n_test)
+    test_y = _balanced_labels(rng, n_test, 10)
+    test_x = _class_images(rng, test_y, 32)
     _pickle(folder / "test_batch", _cifar_batch(test_x, test_y.tolist(), "labels", "testing batch 1 of 1"))
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     meta = {"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}

@@ -54,7 +54,7 @@ def trained(tmp, st_folder) -> Path:
         "objective.grad_cache.micro_batch_size=8", "optimizer.lr=1e-3", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", name="finetune",
     )  # fmt: skip
-    assert run.metrics["val/mean_recall"] >= 0
+    run.assert_metrics_match_checkpoint("val/mean_recall", "val/q2d_recall@1")
     return run.run_dir / "checkpoints" / "last.ckpt"
 
 

@@ -58,4 +58,4 @@ def test_cifar10_run_on_tiny_real_format_files(tmp_path: Path) -> None:
         "augment=simclr",
     )
     m = run.metrics
-    assert m["trainer/global_step"] == 1 and 0.0 <= m["val/knn_top1"] <= 1.0
+    assert m["trainer/global_step"] == 1 and m["val/knn_top1"] >= 0.5, m  # class-coloured images; chance 0.1

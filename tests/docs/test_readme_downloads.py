@@ -183,7 +183,7 @@ def test_cifar10_download_fetches_verifies_extracts_trains_and_fetches_only_once
     assert extracted == sums  # every file of the archive, byte for byte
     written = json.loads((tmp_path / "run1" / "metrics.json").read_text())
     assert written["trainer/global_step"] == metrics["trainer/global_step"] == 1  # our 35 images: one batch
-    assert 0.0 <= written["val/knn_top1"] <= 1.0 and "val/knn_top1_init" in written
+    assert written["val/knn_top1"] >= 0.5 and "val/knn_top1_init" in written  # class-coloured images; chance 0.1
     assert (tmp_path / "run1" / "checkpoints" / "last.ckpt").is_file()
     config = OmegaConf.load(tmp_path / "run1" / ".hydra" / "config.yaml")
     assert config.data._target_ == "contrastlab.data.CIFAR10DataModule" and config.data.download is True

@@ -177,8 +177,7 @@ def test_clip_on_a_caption_table_with_timm_and_hf_towers(tmp_path: Path) -> None
     assert cfg["encoder"]["name"] == "resnet50" and cfg["text_encoder"]["_target_"].endswith("HFTextEncoder")
     m = run.metrics
     assert m["trainer/global_step"] >= 2 and 0 < m["train/logit_scale"] <= 100  # 43 training images: 2 batches
-    for key in ("val/i2t_recall@5", "val/t2i_recall@5"):
-        assert 0.0 <= m[key] <= 1.0, key
+    run.assert_metrics_match_checkpoint("val/i2t_recall@5", "val/t2i_recall@5", "val/mean_recall")
 
 
 def _visible_gpus() -> int:
@@ -219,7 +218,7 @@ def test_cifar10_recipe_trains_on_the_cpu(tmp_path: Path) -> None:
     cfg = _config(run)
     assert cfg["encoder"]["name"] == "resnet18" and cfg["encoder"]["cifar_stem"] is True
     assert cfg["loss"]["temperature"] == 0.5
-    assert run.metrics["trainer/global_step"] == 1 and 0.0 <= run.metrics["val/knn_top1"] <= 1.0
+    assert run.metrics["trainer/global_step"] == 1 and run.metrics["val/knn_top1"] >= 0.5  # class colours; chance 0.1
 
 
 def test_joblib_sweep(tmp_path: Path) -> None:

@@ -236,7 +236,7 @@ def test_one_run_directory_with_the_metrics_of_a_global_batch_of_two_ranks(launc
     assert metrics["trainer/global_step"] == 3 and metrics["trainer/epoch"] == 1
     # SimCLR over the gathered global batch: 2 views x 32 images x 2 ranks candidates (1 process: 64)
     assert metrics["train/num_candidates"] == 2 * BATCH * 2
-    assert 0.0 < metrics["val/knn_top1"] <= 1.0 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert metrics["val/knn_top1"] > 0.5 and torch.isfinite(torch.tensor(metrics["train/loss"]))  # digits: chance 0.1
 
 
 def test_only_rank_0_writes_logs_configs_and_checkpoints(launch: dict[str, Path]) -> None:

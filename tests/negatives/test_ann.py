@@ -142,7 +142,14 @@ def test_refresh_fills_the_shared_table_and_the_checkpointed_buffer():
     expected, _ = mine_ann_negatives(emb, labels, 2, 1, 8, 0.05, seed=0, progress=False)
     assert torch.equal(ann.table, expected) and torch.equal(ann.shared_table, expected)
     assert torch.equal(source.served, expected)  # the datamodule serves the table refreshed in place
-    assert int(ann.mined_epoch) == 0 and 0.0 <= stats["ann/random_fill_fraction"] <= 1.0
+    assert int(ann.mined_epoch) == 0
+    valid = brute_force(emb, labels.tolist(), 1, 8, 0.05)  # the statistics, counted from the brute-force window
+    assert stats["ann/random_fill_fraction"] == pytest.approx(sum(max(0, 2 - len(v)) for v in valid) / (40 * 2))
+    assert stats["ann/window_kept_fraction"] == pytest.approx(sum(len(v) for v in valid) / (40 * 8))
+    x = torch.nn.functional.normalize(emb.double(), dim=1)
+    cos = [float(x[i] @ x[j]) for i in range(40) for j in expected[i].tolist()]
+    assert stats["ann/negative_similarity"] == pytest.approx(sum(cos) / len(cos), abs=1e-6)
+    assert 0 < stats["ann/random_fill_fraction"] < 1  # both kinds of entry occur: the counts are exercised
     fresh = AnnMined(num_negatives=2, rank_min=1, rank_max=8)
     fresh.load_state_dict(ann.state_dict())  # table size unknown until loaded
     assert torch.equal(fresh.table, expected) and int(fresh.mined_epoch) == 0
