@@ -42,7 +42,7 @@ from contrastlab.config import build
 from contrastlab.config.checks import ConfigError
 from contrastlab.data.base import capabilities
 from contrastlab.evaluation.embed import embed_loader
-from contrastlab.training.checkpoints import LoadedCheckpoint, load_checkpoint
+from contrastlab.training.checkpoints import LoadedCheckpoint, load_from_cfg
 
 SPLITS = ("train", "val")
 
@@ -272,15 +272,7 @@ def export_documents(ckpt: LoadedCheckpoint, split: str, out_dir: Path, show_pro
 
 
 def run_embed(cfg: DictConfig) -> dict[str, Any]:
-    ckpt = load_checkpoint(
-        cfg.ckpt_path,
-        expect_objective=cfg.expect_objective,
-        data=cfg.get("data"),
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        device=cfg.device,
-        trust=cfg.trust_checkpoint,
-    )
+    ckpt = load_from_cfg(cfg)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.run_dir / "embeddings" / cfg.split
     meta = export_embeddings(ckpt, cfg.split, out_dir, cfg.space, cfg.progress)
     rows = ", ".join(f"{v} {k}" for k, v in meta["rows"].items())

@@ -37,7 +37,7 @@ from contrastlab.evaluation.pairs import augmented_pairs, embed_pairs
 from contrastlab.evaluation.plots import plot_title, save_embedding_plots
 from contrastlab.evaluation.retrieval import retrieval_metrics
 from contrastlab.training import runs
-from contrastlab.training.checkpoints import LoadedCheckpoint, load_checkpoint, run_overrides
+from contrastlab.training.checkpoints import LoadedCheckpoint, load_from_cfg, run_overrides
 
 SECTIONS = ("knn", "linear_probe", "clustering", "retrieval", "health", "objective", "plots")
 LABELLED = ("knn", "linear_probe", "clustering", "retrieval")
@@ -189,17 +189,7 @@ def log_to_logger(cfg: DictConfig, ckpt: LoadedCheckpoint, result: dict[str, Any
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     torch.manual_seed(cfg.seed)
-    ckpt = load_checkpoint(
-        cfg.ckpt_path,
-        expect_objective=cfg.expect_objective,
-        data=cfg.get("data"),
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        device=cfg.device,
-        trust=cfg.trust_checkpoint,
-        random_init=cfg.get("random_init", False),
-        init_seed=cfg.get("init_seed"),
-    )
+    ckpt = load_from_cfg(cfg)
     random_init = bool(cfg.get("random_init", False))
     suffix = "_random_init" if random_init else ""
     out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.path.resolve().parent

@@ -105,6 +105,23 @@ def read_checkpoint(
     return ckpt
 
 
+def load_from_cfg(cfg: DictConfig) -> LoadedCheckpoint:
+    """:func:`load_checkpoint` with the keys every checkpoint-reading command shares (``ckpt_path``,
+    ``expect_objective``, ``data``, ``batch_size``, ``num_workers``, ``device``, ``trust_checkpoint``; and
+    ``random_init`` / ``init_seed`` where the command has them, as ``contrastlab-eval`` does)."""
+    return load_checkpoint(
+        cfg.ckpt_path,
+        expect_objective=cfg.expect_objective,
+        data=cfg.get("data"),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        device=cfg.device,
+        trust=cfg.trust_checkpoint,
+        random_init=bool(cfg.get("random_init", False)),
+        init_seed=cfg.get("init_seed"),
+    )
+
+
 def load_checkpoint(
     path: str | Path | None,
     expect_objective: str | None = None,
