@@ -9,27 +9,26 @@ traceback, within 20 s, and at start-up: the runner replaces what follows the st
 sentinel, so a case that gets past them (a run that would train on a nonsense value) fails the test.
 
 All cases run through the real entry point (``contrastlab.cli.train.main``, argv, Hydra and the boundary)
-in two subprocesses, as tests/cli/test_reliability_cli.py's runner does; a key shared by several
-objectives with a default of the same kind is tried once (under the first objective that has it).
+in two subprocesses (``conftest.run_train_cases``, which tests/cli/test_reliability_cli.py uses too); a key
+shared by several objectives with a default of the same kind is tried once (under the first objective that has
+it).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_env
+from conftest import run_train_cases
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from contrastlab.config import CONF_DIR, values
+from contrastlab.config import CONF_DIR, checks, values
+from contrastlab.errors import choices_of
 
 #: the composition walked per objective: conf/train.yaml with these groups (the combinations of
 #: conf/experiment/, without their value changes); biencoder's text pairs hold no images, so the two
@@ -52,61 +51,6 @@ NOT_WALKED: dict[str, str] = {
 
 #: values set where the default is of each kind: a value of a kind the key does not take
 WRONG_KIND: dict[str, Any] = {"number": "abc", "text": 7, "bool": "yes", "list": 7}
-
-RUNNER = r"""
-import contextlib, io, json, signal, sys, traceback
-from hydra.core.global_hydra import GlobalHydra
-import lightning, contrastlab.objectives, contrastlab.negatives  # imported once, outside the alarms
-from hydra._internal.hydra import Hydra
-from contrastlab.cli import train
-from contrastlab.training import fit
-
-# Hydra composes every run twice: once only to read hydra.mode (None unless a config sets it, as none here
-# does; then the run's mode comes from -m or its absence), once for the run. The first is skipped here,
-# which halves the time per case and changes nothing else (its errors are swallowed by Hydra anyway).
-Hydra.get_mode = lambda self, config_name, overrides: None
-
-class Alarm(BaseException):
-    pass
-
-class PassedStartup(BaseException):  # not an Exception: no handler on the way may take it for an error
-    pass
-
-def alarm(*_):
-    raise Alarm()
-
-real_check = fit.check_config
-
-def check_then_stop(cfg):
-    real_check(cfg)
-    raise PassedStartup()  # the start-up rules let it through: what follows would train
-
-fit.check_config = check_then_stop
-signal.signal(signal.SIGALRM, alarm)
-cases, root = json.loads(sys.argv[1]), sys.argv[2]
-for i, args in enumerate(cases):
-    out, err = io.StringIO(), io.StringIO()
-    sys.argv = ["contrastlab-train", *args, f"hydra.run.dir={root}/case{i}", "hydra.output_subdir=null"]
-    signal.alarm(20)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                train.main()
-                code = 0
-            except SystemExit as e:
-                code = e.code
-            except PassedStartup:
-                code = "passed the start-up rules"
-            except Alarm:
-                code = "no exit within 20 s"
-            except BaseException:
-                code = "raised"
-                traceback.print_exc(file=err)
-    finally:
-        signal.alarm(0)
-        GlobalHydra.instance().clear()
-    print(json.dumps({"args": args, "code": code, "out": out.getvalue(), "err": err.getvalue()}), flush=True)
-"""
 
 
 def composed_leaves(overrides: list[str]) -> dict[str, Any]:
@@ -155,10 +99,56 @@ def as_arg(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+#: leaves whose default is a value but whose parameter takes null (its annotation admits None, e.g.
+#: Lightning's ``check_val_every_n_epoch: int | None``): ``key=null`` must pass the start-up rules. Every other
+#: walked leaf set to null must stop there with one line. test_null_takers_are_what_the_annotations_say keeps
+#: this list equal to what the code's annotations say.
+NULL_TAKERS: frozenset[str] = frozenset(
+    {
+        "trainer.max_epochs",  # Lightning: 1000 epochs unless max_steps is set
+        "trainer.precision",  # Lightning's default, 32-true
+        "trainer.log_every_n_steps",
+        "trainer.check_val_every_n_epoch",  # validate every val_check_interval steps instead
+        "trainer.num_sanity_val_steps",
+        "trainer.deterministic",
+        "trainer.enable_model_summary",
+        "trainer.enable_progress_bar",
+        "logger.tags",
+        "callbacks.model_checkpoint.dirpath",
+        "callbacks.model_checkpoint.filename",
+        "callbacks.model_checkpoint.monitor",  # keep last.ckpt only
+        "callbacks.model_checkpoint.save_last",
+        "callbacks.step_checkpoint.dirpath",
+        "callbacks.lr_monitor.logging_interval",
+        "callbacks.collapse.max_samples",  # every validation sample
+        "callbacks.embedding_plot.dirpath",
+        "callbacks.embedding_plot.max_points",
+        "callbacks.embedding_plot.umap_epochs",
+        "objective.collapse_threshold",  # the triplet collapse guard off
+    }
+)
+
+
+def annotation_of(cfg: DictConfig, key: str) -> Any:
+    """The annotation of the parameter ``key`` sets (its node's ``_target_``), or None for a plain setting."""
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    return checks.parameter_types(str(target)).get(name) if target else None
+
+
+def composed(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
 def walk_cases() -> list[tuple[str, list[str], str]]:
-    """(objective, overrides, key the one error line must name) for every walked leaf of every objective."""
+    """(objective, overrides, key the one error line must name) for every walked leaf of every objective:
+    a value of the wrong kind, null (unless the key is one of :data:`NULL_TAKERS`), a word that is none of
+    the choices where the parameter is a ``Literal``, and numbers outside the key's range."""
     cases, seen = [], set()
     for name, base in OBJECTIVES.items():
+        cfg = composed(base)
         for key, default in composed_leaves(base).items():
             kind = values.kind(default)
             if kind is None or any(fnmatchcase(key, p) for p in NOT_WALKED) or (key, kind) in seen:
@@ -166,6 +156,10 @@ def walk_cases() -> list[tuple[str, list[str], str]]:
             seen.add((key, kind))  # the same key and kind under another objective: the same rules apply
             assert kind in WRONG_KIND, f"{name}: {key}={default!r} is a {kind}, which the walk cannot vary"
             cases.append((name, [*base, f"{key}={WRONG_KIND[kind]}"], key))
+            if key not in NULL_TAKERS:
+                cases.append((name, [*base, f"{key}=null"], key))
+            if kind == "text" and choices_of(annotation_of(cfg, key)) is not None:
+                cases.append((name, [*base, f"{key}=banana"], key))
             if kind == "number":
                 rule = values.number_rule(key)
                 assert rule is not None, f"{key}={default} (objective={name}) has no range in values.NUMBER_RULES"
@@ -183,7 +177,7 @@ ACCEPTED: list[list[str]] = [
     ["trainer.precision=bf16-mixed"],
     ["trainer.max_epochs=-1"],
     ["trainer.check_val_every_n_epoch=null"],
-    ["callbacks.knn=null"],
+    ["callbacks.knn=null"],  # the checkpoint then keeps last.ckpt only (tests/config/test_build.py)
     ["+trainer.max_steps=-1"],
     ["logger=csv", "logger.version=3"],
     ["optimizer.lr=1"],  # an int where the default is a float
@@ -191,33 +185,28 @@ ACCEPTED: list[list[str]] = [
 ]
 
 
-def run_cases(cases: list[list[str]], tmp_path: Path, workers: int = 2) -> list[dict]:
-    """Each case through ``contrastlab.cli.train.main`` in ``workers`` subprocesses (in-process loops)."""
-    chunks = [cases[i::workers] for i in range(workers)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", RUNNER, json.dumps(chunk), str(tmp_path / f"runs{i}")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(tmp_path),
-            cwd=tmp_path,
-        )
-        for i, chunk in enumerate(chunks)
-    ]
-    results: list[list[dict]] = []
-    for proc, chunk in zip(procs, chunks, strict=True):
-        stdout, stderr = proc.communicate(timeout=60 + 20 * len(chunk))  # a guard; each case has a 20 s alarm
-        got = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-        assert len(got) == len(chunk), stdout[-2000:] + stderr[-4000:]
-        results.append(got)
-    return [results[i % workers][i // workers] for i in range(len(cases))]
+def null_taker_controls() -> list[list[str]]:
+    """``key=null`` for each of :data:`NULL_TAKERS`, under the first objective whose config has the key."""
+    out, left = [], set(NULL_TAKERS)
+    for base in OBJECTIVES.values():
+        for key in sorted(left & set(composed_leaves(base))):
+            out.append([*base, f"{key}=null"])
+            left.discard(key)
+    assert not left, f"NULL_TAKERS names keys no objective has: {sorted(left)}"
+    return out
+
+
+def run_cases(cases: list[list[str]], tmp_path: Path) -> list[dict]:
+    """Each case through the real entry point, stopped after the start-up rules (conftest.CASE_RUNNER)."""
+    return run_train_cases(cases, tmp_path, workers=2, startup_only=True)
 
 
 def test_every_leaf_of_every_objective_fails_at_start_up_with_one_line(tmp_path: Path) -> None:
     cases = walk_cases()
-    controls = [base for base in OBJECTIVES.values()] + ACCEPTED
-    assert len(cases) >= 200, len(cases)  # the walk found the configs' leaves
+    controls = [base for base in OBJECTIVES.values()] + ACCEPTED + null_taker_controls()
+    assert len(cases) >= 350, len(cases)  # the walk found the configs' leaves (391 when written)
+    assert sum(args[-1].endswith("=null") for _, args, _ in cases) >= 100  # null where a value is needed
+    assert sum(args[-1].endswith("=banana") for _, args, _ in cases) >= 10  # a word none of the choices
     results = run_cases([args for _, args, _ in cases] + controls, tmp_path)
     failures = []
     for (name, args, key), result in zip(cases, results, strict=False):
@@ -231,6 +220,19 @@ def test_every_leaf_of_every_objective_fails_at_start_up_with_one_line(tmp_path:
     assert not failures, f"{len(failures)} of {len(results)} cases:\n" + "\n".join(failures[:20])
     # nothing got as far as a run: no checkpoints, no metrics
     assert not list(tmp_path.glob("runs*/*/checkpoints")) and not list(tmp_path.glob("runs*/*/metrics.json"))
+
+
+def test_null_takers_are_what_the_annotations_say() -> None:
+    """:data:`NULL_TAKERS` lists exactly the walked leaves whose parameter annotation admits None: a new
+    ``X | None`` parameter is a conscious choice, written down here."""
+    found = set()
+    for base in OBJECTIVES.values():
+        cfg = composed(base)
+        for key, default in composed_leaves(base).items():
+            annotation = annotation_of(cfg, key)
+            if default is not None and annotation is not None and checks.takes_none(annotation):
+                found.add(key)
+    assert found == set(NULL_TAKERS)
 
 
 def test_the_walk_skips_only_its_short_list() -> None:
@@ -340,3 +342,18 @@ def test_rules_without_hydra_check_numbers_only() -> None:
     with pytest.raises(values.ConfigError, match=r"loss.temperature must be > 0, got 'warm'; set e.g."):
         values.check_values(cfg)
     values.check_values(OmegaConf.create({"augment": {"hue": "yes", "crop_ratio": [0.8, 1.25]}}))
+
+
+def test_choices_and_null_read_from_annotations() -> None:
+    """What the start-up rules read from a parameter's annotation: its choices and whether it takes null."""
+    from typing import Literal
+
+    assert choices_of(Literal["a", "b"]) == ("a", "b")
+    assert choices_of(Literal["a"] | Literal[1, 2] | None) == ("a", 1, 2, None)
+    assert choices_of(Literal["all"] | bool) is None and choices_of(str) is None and choices_of(None) is None
+    assert checks.takes_none(int | None) and checks.takes_none(Any) and checks.takes_none(Literal["a", None])
+    assert not checks.takes_none(int) and not checks.takes_none(Literal["a"]) and not checks.takes_none(list[int])
+    with pytest.raises(values.ConfigError, match=r"^loss\.distance must be one of cosine, euclidean, got 'x'; set e"):
+        from contrastlab.errors import check_choice
+
+        check_choice("x", Literal["cosine", "euclidean"], "loss.distance")

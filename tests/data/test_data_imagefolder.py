@@ -152,18 +152,19 @@ def test_no_readable_image_left(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "bad", corrupt=("a.jpg", "b.jpg"))
     ds = ImageFileDataset([(str(root / "a.jpg"), -1), (str(root / "b.jpg"), -1)], size=8)
     with (
-        pytest.warns(UnreadableImageWarning, match="a.jpg"),
+        pytest.warns(UnreadableImageWarning) as record,
         pytest.raises(UnreadableImageError, match="none of the 2 images"),
     ):
         ds[0]
+    assert sorted(Path(str(w.message).split()[3]).name for w in record) == ["a.jpg", "b.jpg"]  # each file, once
 
 
 def _compose(tmp_path: Path, *overrides: str, only_checkpoint: bool = False):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.output_dir={tmp_path / 'run'}", *overrides])
-    if only_checkpoint:  # the callback under test; the others are tested by their owners
+    if only_checkpoint:  # the callback under test and the kNN monitor it ranks by; the others: by their owners
         with open_dict(cfg):
-            cfg.callbacks = {"model_checkpoint": cfg.callbacks.model_checkpoint}
+            cfg.callbacks = {"model_checkpoint": cfg.callbacks.model_checkpoint, "knn": cfg.callbacks.knn}
     return cfg
 
 
@@ -185,6 +186,12 @@ def test_callbacks_follow_the_labels(tmp_path: Path) -> None:
         assert sum(isinstance(c, SkippedFilesReport) for c in callbacks) == 1
     cfg = _compose(tmp_path, only_checkpoint=True)  # digits: no file skipping, no report
     assert not any(isinstance(c, SkippedFilesReport) for c in build_callbacks(cfg, build_datamodule(cfg)))
+    # labelled, but callbacks.knn off: nothing logs val/knn_top1, so nothing is ranked by it either
+    cfg = _compose(tmp_path, "data=imagefolder", f"data.data_dir={pets}", "augment=simclr", only_checkpoint=True)
+    with open_dict(cfg):
+        cfg.callbacks.knn = None
+    ckpt = next(c for c in build_callbacks(cfg, build_datamodule(cfg)) if isinstance(c, ModelCheckpoint))
+    assert ckpt.monitor is None and ckpt.save_top_k == 0
 
 
 def test_imagefolder_config_composes_with_simclr(tmp_path: Path) -> None:

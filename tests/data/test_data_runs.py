@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import train_run
+from conftest import own_warnings, train_run
 from writers import write_cifar10, write_image_folder
 
 
@@ -36,7 +36,9 @@ def test_unlabelled_image_folder_run_skips_a_corrupt_file(tmp_path: Path) -> Non
         f"data.data_dir={root}",
         "augment=simclr",
         "data.image_size=16",
+        expect_warnings=True,  # the skipped file and the epoch's count of them
     )
+    assert own_warnings(run.output) and all("UnreadableImageWarning" in w for w in own_warnings(run.output))
     m = run.metrics
     assert m["trainer/global_step"] == 1 and "train/loss" in m
     assert not any(k.startswith("val/knn") for k in m)  # no labels: the kNN monitor skipped itself

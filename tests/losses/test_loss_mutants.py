@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from contrastlab.errors import ConfigError
 from contrastlab.losses import (
     CLIPLoss,
     InfoNCELoss,
@@ -387,7 +388,8 @@ def test_rowwise_searchsorted_edges() -> None:
 
 
 def test_bad_triplet_arguments_name_what_is_wrong() -> None:
-    with pytest.raises(ValueError, match=r"^distance must be one of cosine, euclidean, got 'manhattan'; set loss"):
+    msg = r"^loss\.distance must be one of cosine, euclidean, got 'manhattan'; set e\.g\. loss\.distance=cosine\.$"
+    with pytest.raises(ConfigError, match=msg):
         TripletMarginLoss(distance="manhattan")
     with pytest.raises(ValueError, match=r"^x \(N, D\) and y \(M, D\) must share D, got \(3, 4\) and \(2, 5\)$"):
         pairwise_distance(rand(3, 4), rand(2, 5))

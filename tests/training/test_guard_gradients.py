@@ -12,6 +12,7 @@ import torch
 from test_reliability_guard import compose_run
 
 from contrastlab.training.fit import train
+from contrastlab.training.reliability import NonFiniteStepWarning
 
 
 class InfGradient(L.Callback):
@@ -55,7 +56,7 @@ def run(tmp_path, *overrides: str) -> tuple[dict, InfGradient]:
 
 
 def test_an_infinite_gradient_with_a_finite_loss_skips_the_step(tmp_path) -> None:
-    with pytest.warns(UserWarning, match=r"step 1: non-finite loss or gradient; the step is skipped"):
+    with pytest.warns(NonFiniteStepWarning, match=r"step 1: non-finite loss or gradient; the step is skipped"):
         metrics, cb = run(tmp_path)
     assert metrics["train/skipped_steps"] == 1
     assert metrics["trainer/global_step"] == 4
@@ -65,7 +66,11 @@ def test_an_infinite_gradient_with_a_finite_loss_skips_the_step(tmp_path) -> Non
 
 
 def test_check_gradients_false_lets_the_infinite_gradient_through(tmp_path) -> None:
-    metrics, cb = run(tmp_path, "callbacks.nan_guard.check_gradients=false", "callbacks.nan_guard.max_consecutive=100")
+    with pytest.warns(NonFiniteStepWarning) as record:  # the losses after the spoiled step
+        metrics, cb = run(
+            tmp_path, "callbacks.nan_guard.check_gradients=false", "callbacks.nan_guard.max_consecutive=100"
+        )
+    assert [str(w.message).split(":")[0] for w in record if w.category is NonFiniteStepWarning] == ["step 2", "step 3"]
     assert not torch.equal(cb.params[2], cb.params[1])  # the step went through ...
     assert not torch.isfinite(cb.params[2]).all()  # ... and the infinite gradient reached the weights,
     assert metrics["train/skipped_steps"] == 2  # so the loss of steps 2 and 3 is not finite: only those skipped

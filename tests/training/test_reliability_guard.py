@@ -24,7 +24,12 @@ from contrastlab.cli import boundary
 from contrastlab.cli.train import CONF_DIR, train
 from contrastlab.training.checkpoints import load_checkpoint
 from contrastlab.training.data_order import DataOrder, SeededBatches, mix64, resumable, rng_states, set_rng_states
-from contrastlab.training.reliability import AtomicCheckpointIO, CheckpointWriteError, NonFiniteLossError
+from contrastlab.training.reliability import (
+    AtomicCheckpointIO,
+    CheckpointWriteError,
+    NonFiniteLossError,
+    NonFiniteStepWarning,
+)
 
 LEAN = (
     "~callbacks.knn",
@@ -94,8 +99,11 @@ def test_non_finite_steps_are_skipped_counted_and_undone(tmp_path, captured_inje
         "callbacks.nan_guard.max_consecutive=3",
         f"+callbacks.inject={{_target_:{__name__}.InjectNaN,steps:[1,2]}}",
     )
-    with pytest.warns(UserWarning, match=r"step 1: non-finite loss or gradient; the step is skipped"):
+    with pytest.warns(NonFiniteStepWarning) as record:
         metrics = train(cfg)
+    guard = [str(w.message) for w in record if w.category is NonFiniteStepWarning]
+    assert [m.split(":")[0] for m in guard] == ["step 1", "step 2"]  # one warning per bad step
+    assert "non-finite loss or gradient; the step is skipped (1 in a row, 1 in all;" in guard[0]
     (inject,) = captured_injector
     assert metrics["train/skipped_steps"] == 2
     assert metrics["trainer/global_step"] == 6

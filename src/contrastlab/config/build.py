@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from contrastlab.config import CONF_DIR
@@ -83,15 +84,22 @@ def build_objective(cfg: DictConfig) -> ContrastiveObjective:
 
 def build_callbacks(cfg: DictConfig, datamodule: ContrastiveDataModule | None = None) -> list[L.Callback]:
     """The ``callbacks`` group, adapted to ``datamodule``: without labels there is no kNN metric to
-    monitor, so a ``ModelCheckpoint`` keeps ``last.ckpt`` only (monitor dropped); a datamodule that
-    skips unreadable files (``datamodule.skipped``) gets the per-epoch :class:`SkippedFilesReport`."""
+    monitor, and with ``callbacks.knn`` off nothing logs ``val/knn_*``, so a ``ModelCheckpoint`` keeps
+    ``last.ckpt`` only (monitor dropped: Lightning would stop the run at its first validation); a datamodule
+    that skips unreadable files (``datamodule.skipped``) gets the per-epoch :class:`SkippedFilesReport`."""
     callbacks = cfg.get("callbacks") or {}
     unlabelled = datamodule is not None and not datamodule.has_labels
     out: list[L.Callback] = []
-    for c in callbacks.values():
+    for name, c in callbacks.items():
         if c is None or "_target_" not in c:
             continue
-        if unlabelled and c.get("monitor") is not None and issubclass(get_class(c._target_), ModelCheckpoint):
+        monitor = c.get("monitor")
+        knn_off = isinstance(monitor, str) and monitor.startswith("val/knn_") and callbacks.get("knn") is None
+        if (unlabelled or knn_off) and monitor is not None and issubclass(get_class(c._target_), ModelCheckpoint):
+            if knn_off and not unlabelled:
+                rank_zero_info(
+                    f"callbacks.{name}: {monitor} is not logged (callbacks.knn is off); keeping last.ckpt only"
+                )
             out.append(instantiate(c, monitor=None, save_top_k=0))
         else:
             out.append(instantiate(c))

@@ -3,16 +3,20 @@ with one sentence that names the override to change."""
 
 from __future__ import annotations
 
+import functools
+import types
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from omegaconf import DictConfig
 
 from contrastlab.config import values
 from contrastlab.config.values import world_size as _world
-from contrastlab.errors import ConfigError
+from contrastlab.errors import ConfigError, choices_of
 
 if TYPE_CHECKING:  # the heavy modules are imported by the checks that need them
     from contrastlab.data.base import DataCapabilities
@@ -23,6 +27,7 @@ def check_config(cfg: DictConfig) -> None:
 
     # light checks first (no torch / Lightning import; unresolvable keys are skipped, not reported)
     values.check_values(cfg)  # required keys; numbers in range (loss.temperature > 0, ...)
+    check_parameters(cfg, values.overridden_keys())  # choices (loss.distance=banana); null where none is taken
     data = cfg.get("data") or {}
     if int(data.get("batch_size", 2)) < 2:
         raise ConfigError(
@@ -79,6 +84,95 @@ def check_data_dir(data: DictConfig | dict) -> None:
         )
     if next(root.iterdir(), None) is None:
         raise ConfigError(f"data.data_dir={root} is an empty folder; set data.data_dir to the dataset's folder{fetch}.")
+
+
+@functools.cache
+def parameter_types(target: str) -> dict[str, Any]:
+    """``{parameter: annotation}`` of the class or function ``target`` names (a class: its ``__init__`` and
+    those of its bases, which receive the ``**kwargs``; the first annotation of a name wins), resolved;
+    ``{}`` when the target cannot be found or its annotations cannot be resolved."""
+    try:
+        obj = get_object(target)
+    except Exception:  # an unknown target fails with Hydra's own message at instantiation
+        return {}
+    owners = [c.__init__ for c in obj.__mro__ if "__init__" in vars(c)] if isinstance(obj, type) else [obj]
+    found: dict[str, Any] = {}
+    for fn in owners:
+        for name, hint in _hints(fn).items():
+            found.setdefault(name, hint)
+    found.pop("return", None)
+    return found
+
+
+def _hints(fn: Any) -> dict[str, Any]:
+    """``typing.get_type_hints(fn)``; where one annotation names something its module imports only for type
+    checkers (Lightning's ``WandbLogger``: ``Run``), each of the others resolved on its own."""
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:
+        pass
+    out: dict[str, Any] = {}
+    namespace = getattr(fn, "__globals__", {})
+    for name, annotation in getattr(fn, "__annotations__", {}).items():
+        try:
+            out[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # noqa: S307
+        except Exception:  # this one's forward reference: no rule for this parameter
+            continue
+    return out
+
+
+def takes_none(annotation: Any) -> bool:
+    """The annotation admits None (``X | None``, ``Optional[X]``, ``Any``, ``None``)."""
+    if annotation is Any or annotation is type(None) or annotation is None:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(takes_none(a) for a in typing.get_args(annotation))
+    return typing.get_origin(annotation) is typing.Literal and None in typing.get_args(annotation)
+
+
+def _target_nodes(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """``(key, node)`` of every node of ``node`` (itself included) that names a ``_target_``."""
+    target = node._get_node("_target_") if "_target_" in node else None
+    if target is not None and not target._is_interpolation() and isinstance(target._value(), str):
+        yield prefix.rstrip("."), node
+    for key in node.keys():  # noqa: SIM118 (a DictConfig: keys() does not resolve values)
+        child = node._get_node(key)
+        full = f"{prefix}{key}"
+        if full != "hydra" and isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
+            yield from _target_nodes(child, f"{full}.")
+
+
+def check_parameters(cfg: DictConfig, overridden: set[str] | frozenset[str] = frozenset()) -> None:
+    """The values of every ``_target_`` node against its target's parameter annotations, read from the code
+    (one source: the constructor checks the same ``Literal``): a parameter annotated ``Literal[...]`` takes
+    one of those values (``loss.distance=banana`` stops here, not after the data has loaded), and one whose
+    annotation does not admit None is not set to null by an override (``overridden``: the keys the command
+    line sets; a null in a config file is that class's documented default, e.g. ``data.mean``)."""
+    for path, node in _target_nodes(cfg):
+        types_ = parameter_types(str(node._get_node("_target_")._value()))
+        if not types_:
+            continue
+        for key in node.keys():  # noqa: SIM118 (a DictConfig: keys() does not resolve values)
+            annotation = types_.get(str(key))
+            child = node._get_node(key)
+            if annotation is None or str(key).startswith("_") or child is None or child._is_interpolation():
+                continue
+            if isinstance(child, DictConfig) and not child._is_none():
+                continue
+            full = f"{path}.{key}" if path else str(key)
+            if child._is_none():
+                if full in overridden and not takes_none(annotation):
+                    name = str(node._get_node("_target_")._value()).rsplit(".", 1)[-1]
+                    raise ConfigError(
+                        f"{full} cannot be null ({name} needs a value for {key}); set a value or drop the override."
+                    )
+                continue
+            allowed = choices_of(annotation)
+            value = child._value()
+            if allowed is not None and not isinstance(value, list | tuple) and value not in allowed:
+                shown = list(dict.fromkeys(str(a) for a in allowed if a is not None))  # 16 and "16": once
+                words, first = ", ".join(shown), shown[0]
+                raise ConfigError(f"{full} must be one of {words}, got {value!r}; set e.g. {full}={first}.")
 
 
 def _choice(cfg: DictConfig, group: str) -> str:

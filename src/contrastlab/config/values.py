@@ -377,8 +377,10 @@ def reference_config(config_name: str, groups: list[str]) -> DictConfig | None:
 
 def check_types(cfg: DictConfig, reference: DictConfig | None, keys: list[str]) -> None:
     """Each of ``keys`` (set by an override) holds a value of its default's kind in ``reference`` (or
-    one :data:`ALSO_ACCEPTS` allows for it, in the form :data:`TEXT_FORMS` asks); null is always allowed,
-    and keys whose default is null or that are in :data:`ANY_VALUE` take anything."""
+    one :data:`ALSO_ACCEPTS` allows for it, in the form :data:`TEXT_FORMS` asks); keys whose default is null
+    or that are in :data:`ANY_VALUE` take anything. Null turns a group of settings off (``callbacks.knn=null``);
+    a parameter of a ``_target_`` takes null where its annotation says so (``checks.check_parameters``); any
+    other key whose default is a value (``seed``, ``paths.log_dir``) does not."""
     if reference is None:
         return
     for key in keys:
@@ -386,6 +388,8 @@ def check_types(cfg: DictConfig, reference: DictConfig | None, keys: list[str]) 
             continue
         default, value = _select(reference, key), _select(cfg, key)
         default_kind, value_kind = kind(default), kind(value)
+        if value_kind is None and default_kind not in (None, "dict") and not _in_target_node(cfg, key):
+            raise ConfigError(f"{key} cannot be null; set e.g. {key}={as_override(default)} or drop the override.")
         if default_kind is None or value_kind is None:
             continue
         if value_kind in kinds_of(key, default_kind):
@@ -408,6 +412,22 @@ def check_types(cfg: DictConfig, reference: DictConfig | None, keys: list[str]) 
                 f"{key} is a group of settings, got {value!r}; set its keys ({key}.<name>=...) or {key}=null."
             )
         raise ConfigError(f"{key} must be a {default_kind}, got {value!r}; set e.g. {key}={shown}.")
+
+
+def _in_target_node(cfg: DictConfig, key: str) -> bool:
+    """``key`` is a parameter of a ``_target_`` node (``optimizer.lr``), not a plain setting (``seed``) or one
+    of Hydra's own flags there (``optimizer._partial_``)."""
+    parent, _, name = key.rpartition(".")
+    if name.startswith("_"):
+        return False
+    node = _select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and "_target_" in node
+
+
+def overridden_keys() -> frozenset[str]:
+    """The keys the running Hydra job's command line sets a value of (empty outside a Hydra run)."""
+    job = _value_overrides()
+    return frozenset(job[2]) if job is not None else frozenset()
 
 
 def check_values(cfg: DictConfig) -> None:

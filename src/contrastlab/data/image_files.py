@@ -24,10 +24,10 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms import v2
 
 from contrastlab.data.on_disk import DataDirError
-from contrastlab.errors import BadInputError
+from contrastlab.errors import BadInputError, ContrastlabWarning
 
 
-class UnreadableImageWarning(UserWarning):
+class UnreadableImageWarning(ContrastlabWarning):
     """An image file could not be decoded and was skipped."""
 
 

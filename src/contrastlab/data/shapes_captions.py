@@ -19,12 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from contrastlab.data.image_text import ImageTextDataModule, ImageTextSplit
+from contrastlab.errors import check_choice
+
+Label = Literal["shape", "colour"]
+Holdout = Literal["scene", "shape_colour"]
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 PLURALS = {"cross": "crosses"}
@@ -141,8 +145,7 @@ def held_out_combos(mode: str, seed: int, offset: int = 0) -> set[Combo]:
     combos = [(s, c, z, p) for s in SHAPES for c in COLOURS for z in SIZES for p in POSITIONS]
     if mode == "shape_colour":
         return {t for t in combos if held_out(t[0], t[1], offset)}
-    if mode != "scene":
-        raise ValueError(f"data.holdout must be 'scene' or 'shape_colour', got '{mode}'.")
+    check_choice(mode, Holdout, "data.holdout")
     rng = np.random.default_rng(seed)
     settings = [(z, p) for z in SIZES for p in POSITIONS]
     return {(s, c, *settings[int(rng.integers(len(settings)))]) for s in SHAPES for c in COLOURS}
@@ -189,15 +192,14 @@ class ShapesCaptionsDataModule(ImageTextDataModule):
         num_train: int = 4000,
         num_val: int = 600,
         captions_per_image: int = 2,
-        label: str = "shape",
-        holdout: str = "scene",
+        label: Label = "shape",
+        holdout: Holdout = "scene",
         holdout_offset: int = 0,
         image_size: int = 32,
         templates: Sequence[str] = ("a {}", "one {}", "a picture of a {}"),
         **kwargs: Any,
     ) -> None:
-        if label not in ("shape", "colour"):
-            raise ValueError(f"data.label must be 'shape' or 'colour', got '{label}'.")
+        check_choice(label, Label, "data.label")
         if captions_per_image < 1:
             raise ValueError(f"data.captions_per_image must be >= 1, got {captions_per_image}.")
         kwargs.setdefault("mean", (0.2, 0.2, 0.2))
@@ -207,8 +209,7 @@ class ShapesCaptionsDataModule(ImageTextDataModule):
             templates=templates, class_names=list(names), image_size=image_size, num_classes=len(names), **kwargs
         )
         self.num_train, self.num_val, self.captions_per_image = num_train, num_val, captions_per_image
-        if holdout not in ("scene", "shape_colour"):
-            raise ValueError(f"data.holdout must be 'scene' or 'shape_colour', got '{holdout}'.")
+        check_choice(holdout, Holdout, "data.holdout")
         self.label, self.holdout, self.holdout_offset = label, holdout, holdout_offset
         self.train_scenes: list[ShapeScene] = []
         self.val_scenes: list[ShapeScene] = []

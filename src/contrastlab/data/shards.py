@@ -56,7 +56,7 @@ from contrastlab.data.shard_stream import (
     sibling,
 )
 from contrastlab.data.transforms import MultiView, to_float_image
-from contrastlab.errors import ConfigError
+from contrastlab.errors import ConfigError, ContrastlabWarning
 
 
 class MemorySplit:
@@ -280,6 +280,7 @@ class ShardSource:
                 f"data=webdataset: {plan.dropped} of {plan.total} training samples are left out of each epoch so "
                 f"that all {plan.slots} rank x worker slots run {plan.slot_batches} batches of {plan.batch_size} "
                 "(logged as data/dropped_samples; a different set each epoch).",
+                ContrastlabWarning,
                 stacklevel=2,
             )
 

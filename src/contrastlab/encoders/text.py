@@ -13,14 +13,15 @@ The interface the objectives use::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastlab.encoders import st_folder
-from contrastlab.encoders.tokenizer import VocabTokenizer
+from contrastlab.encoders.tokenizer import TokenizerLevel, VocabTokenizer
+from contrastlab.errors import check_choice
 
 
 def _pool(hidden: Tensor, attention_mask: Tensor, pooling: str | Sequence[str]) -> Tensor:
@@ -59,9 +60,11 @@ def _pool(hidden: Tensor, attention_mask: Tensor, pooling: str | Sequence[str]) 
     return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
 
 
+Pooling = Literal["mean", "cls"]
+
+
 def _check_pooling(pooling: str) -> None:
-    if pooling not in ("mean", "cls"):
-        raise ValueError(f"text_encoder.pooling must be 'mean' or 'cls', got '{pooling}'.")
+    check_choice(pooling, Pooling, "text_encoder.pooling")
 
 
 class _TextTower(nn.Module):
@@ -97,14 +100,14 @@ class TransformerTextEncoder(_TextTower):
     def __init__(
         self,
         vocab_size: int = 4096,
-        tokenizer: str = "word",
+        tokenizer: TokenizerLevel = "word",
         max_length: int = 32,
         width: int = 128,
         depth: int = 2,
         heads: int = 4,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
-        pooling: str = "mean",
+        pooling: Pooling = "mean",
         lowercase: bool = True,
     ) -> None:
         super().__init__()

@@ -11,10 +11,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from contrastlab.errors import check_choice
+
+TokenizerLevel = Literal["word", "char"]
 
 PAD, UNK, CLS, EOS = "[PAD]", "[UNK]", "[CLS]", "[EOS]"
 SPECIALS = (PAD, UNK, CLS, EOS)
@@ -32,14 +36,13 @@ class VocabTokenizer:
 
     def __init__(
         self,
-        level: str = "word",
+        level: TokenizerLevel = "word",
         max_vocab: int = 4096,
         max_length: int = 32,
         lowercase: bool = True,
         min_count: int = 1,
     ) -> None:
-        if level not in ("word", "char"):
-            raise ValueError(f"text_encoder.tokenizer must be 'word' or 'char', got '{level}'.")
+        check_choice(level, TokenizerLevel, "text_encoder.tokenizer")
         if max_vocab <= len(SPECIALS):
             raise ValueError(f"text_encoder.vocab_size must exceed {len(SPECIALS)}, got {max_vocab}.")
         if max_length < 3:

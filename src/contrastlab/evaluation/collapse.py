@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from contrastlab.data.base import capabilities
+from contrastlab.errors import check_choice
 from contrastlab.evaluation.embed_cache import split_embeddings
 from contrastlab.evaluation.health import CollapseWarning, embedding_health
 from contrastlab.evaluation.pairs import augmented_pairs, embed_pairs
+
+Reference = Literal["initial", "best"]
 
 __all__ = ["CollapseMonitor", "CollapseWarning", "measure_health"]
 
@@ -59,7 +62,7 @@ class CollapseMonitor(L.Callback):
         self,
         fraction: float = 0.1,
         watch: Sequence[str] = ("effective_rank", "dim_std"),
-        reference: str = "initial",
+        reference: Reference = "initial",
         stop: bool = False,
         max_samples: int | None = 2048,
         alignment_pairs: int = 128,
@@ -70,8 +73,7 @@ class CollapseMonitor(L.Callback):
         unknown = set(watch) - {"effective_rank", "dim_std"}
         if unknown:
             raise ValueError(f"callbacks.collapse.watch: unknown {sorted(unknown)}; use effective_rank, dim_std")
-        if reference not in ("initial", "best"):
-            raise ValueError(f"callbacks.collapse.reference must be initial or best, got {reference}")
+        check_choice(reference, Reference, "callbacks.collapse.reference")
         self.fraction, self.watch, self.reference, self.stop = fraction, tuple(watch), reference, stop
         self.max_samples, self.alignment_pairs, self.seed = max_samples, alignment_pairs, seed
         self.baseline: dict[str, float] | None = None

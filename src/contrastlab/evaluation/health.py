@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from contrastlab.errors import ContrastlabWarning
 
-class CollapseWarning(UserWarning):
+
+class CollapseWarning(ContrastlabWarning):
     """The embedding space has collapsed (a watched health metric, e.g. :func:`dimension_std`, fell below
     its threshold); issued by the collapse monitor and the triplet objective's collapse guard."""
 

@@ -24,6 +24,7 @@ onnx and onnxruntime come with ``pip install 'contrastlab[export]'``.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,10 +130,16 @@ def _export_graph(
                 program.save(str(path))
             else:
                 axes = {**dict(zip(names, dynamic, strict=True)), output: {0: "batch"}}
-                torch.onnx.export(
-                    graph, args, str(path), input_names=names, output_names=[output], dynamic_axes=axes,
-                    opset_version=opset, dynamo=False,
-                )  # fmt: skip
+                # format.exporter=torchscript is an explicit choice of PyTorch's legacy exporter, so its
+                # deprecation notice is dropped; the tracer's warnings (a Python bool taken from a tensor)
+                # are too: _check runs the graph on another input shape and names any shape baked in.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
+                    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                    torch.onnx.export(
+                        graph, args, str(path), input_names=names, output_names=[output], dynamic_axes=axes,
+                        opset_version=opset, dynamo=False,
+                    )  # fmt: skip
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
 

@@ -20,16 +20,20 @@ Three entry points compute the same numbers from different inputs:
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DISTANCES = ("cosine", "euclidean")
+from contrastlab.errors import check_choice
+
+Distance = Literal["cosine", "euclidean"]
+DISTANCES = get_args(Distance)
 
 
 def _check(margin: float, distance: str) -> None:
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got '{distance}'; set loss.distance.")
+    check_choice(distance, Distance, "loss.distance")
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}; set loss.margin to a non-negative value.")
 
@@ -166,7 +170,7 @@ class TripletMarginLoss(nn.Module):
     #: what it scores: mined triplets (InfoNCE losses score candidate sets); start-up checks read it
     consumes = "triplets"
 
-    def __init__(self, margin: float = 0.2, distance: str = "cosine", soft_margin: bool = False) -> None:
+    def __init__(self, margin: float = 0.2, distance: Distance = "cosine", soft_margin: bool = False) -> None:
         super().__init__()
         _check(margin, distance)
         self.margin, self.distance, self.soft_margin = float(margin), distance, soft_margin

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,9 +28,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from contrastlab.errors import check_choice
 from contrastlab.negatives.candidates import TripletCandidates
 from contrastlab.negatives.kinds import MiningDataSource, OfflineMiner
-from contrastlab.negatives.miners import TripletMiner
+from contrastlab.negatives.miners import Strategy, TripletMiner
+
+Sampling = Literal["top", "random"]
 
 
 def _index(dim: int, use_gpu: bool) -> Any:
@@ -63,8 +66,7 @@ def mine_ann_negatives(
         raise ValueError(f"need 1 <= sampler.rank_min <= sampler.rank_max, got {rank_min} and {rank_max}.")
     if rank_max >= n:
         raise ValueError(f"sampler.rank_max={rank_max} must be below the {n} training items; lower sampler.rank_max.")
-    if sampling not in ("top", "random"):
-        raise ValueError(f"sampler.sampling must be 'top' or 'random', got '{sampling}'.")
+    check_choice(sampling, Sampling, "sampler.sampling")
     x = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=1).contiguous()
     index = _index(x.shape[1], use_gpu)
     index.add(x.numpy())
@@ -167,13 +169,14 @@ class AnnMined(TripletMiner, OfflineMiner):
         rank_max: int = 50,
         margin: float = 0.05,
         refresh_every_n_epochs: int = 1,
-        sampling: str = "top",
-        mining: str = "batch_hard",
+        sampling: Sampling = "top",
+        mining: Strategy = "batch_hard",
         use_gpu: bool = True,
         seed: int = 0,
         gather_across_ranks: bool = True,
     ) -> None:
         super().__init__(mining, gather_across_ranks)
+        check_choice(sampling, Sampling, "sampler.sampling")
         if refresh_every_n_epochs < 1:
             raise ValueError(f"sampler.refresh_every_n_epochs must be >= 1, got {refresh_every_n_epochs}.")
         if num_negatives < 1:

@@ -26,22 +26,23 @@ sorted once and ``searchsorted`` finds the semi-hard / active negatives.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from contrastlab import distributed
+from contrastlab.errors import check_choice
 from contrastlab.losses.triplet import pairwise_distance, rowwise_searchsorted
 from contrastlab.negatives.candidates import MinedTriplets, TripletCandidates
 from contrastlab.negatives.kinds import Miner
 
-STRATEGIES = ("batch_hard", "semi_hard", "batch_all")
+Strategy = Literal["batch_hard", "semi_hard", "batch_all"]
+STRATEGIES = get_args(Strategy)
 
 
 def check_strategy(strategy: str) -> None:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"mining strategy must be one of {', '.join(STRATEGIES)}, got '{strategy}'.")
+    check_choice(strategy, Strategy, "sampler.strategy")
 
 
 def target_masks(
@@ -205,7 +206,7 @@ class TripletMiner(Miner):
     every rank when ``gather_across_ranks``); :meth:`mine` picks triplets on its distance matrix.
     """
 
-    def __init__(self, strategy: str = "semi_hard", gather_across_ranks: bool = True) -> None:
+    def __init__(self, strategy: Strategy = "semi_hard", gather_across_ranks: bool = True) -> None:
         super().__init__()
         check_strategy(strategy)
         self.strategy, self.gather_across_ranks = strategy, gather_across_ranks

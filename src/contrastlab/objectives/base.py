@@ -9,10 +9,10 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from contrastlab.errors import ConfigError
+from contrastlab.errors import ConfigError, check_choice
 from contrastlab.negatives.kinds import BindsEncoder, NegativeSampler
 from contrastlab.objectives.grad_cache import GradCache
-from contrastlab.objectives.optim import param_groups, scaled_lr
+from contrastlab.objectives.optim import LrScaling, param_groups, scaled_lr
 
 
 class CheckpointMismatchError(ConfigError):
@@ -87,7 +87,7 @@ class ContrastiveObjective(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         batch_size: int = 256,
-        lr_scaling: str = "none",
+        lr_scaling: LrScaling = "none",
         base_batch_size: int = 256,
         grad_cache: Mapping[str, Any] | GradCache | None = None,
         compile_encoder: bool = False,
@@ -96,6 +96,7 @@ class ContrastiveObjective(L.LightningModule):
         super().__init__()
         self.encoder, self.head, self.loss, self.negatives = encoder, head, loss, negatives
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        check_choice(lr_scaling, LrScaling, "objective.lr_scaling")
         self.batch_size, self.lr_scaling, self.base_batch_size = batch_size, lr_scaling, base_batch_size
         self.grad_cache = GradCache.from_config(grad_cache)
         if self.grad_cache.enabled and not self.supports_grad_cache:

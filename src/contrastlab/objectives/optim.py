@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 from torch import nn
+
+from contrastlab.errors import check_choice
+
+LrScaling = Literal["none", "linear", "sqrt"]
 
 
 def scaled_lr(base_lr: float, global_batch: int, rule: str = "none", base_batch: int = 256) -> float:
@@ -14,13 +19,12 @@ def scaled_lr(base_lr: float, global_batch: int, rule: str = "none", base_batch:
 
     ``none``: base_lr; ``linear``: base_lr * B / base_batch (Goyal et al.); ``sqrt``: base_lr * sqrt(B / base_batch).
     """
+    check_choice(rule, LrScaling, "objective.lr_scaling")
     if rule == "none":
         return base_lr
     if rule == "linear":
         return base_lr * global_batch / base_batch
-    if rule == "sqrt":
-        return base_lr * math.sqrt(global_batch / base_batch)
-    raise ValueError(f"objective.lr_scaling must be one of none, linear, sqrt; got '{rule}'.")
+    return base_lr * math.sqrt(global_batch / base_batch)  # sqrt
 
 
 def warmup_cosine(

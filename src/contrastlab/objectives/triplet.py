@@ -3,18 +3,20 @@ triplets the negatives strategy mines (batch-hard, semi-hard, batch-all, memory 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from contrastlab.data.base import ContrastiveDataModule, capabilities
+from contrastlab.errors import check_choice
 from contrastlab.losses.triplet import TripletMarginLoss
 from contrastlab.negatives.kinds import Memory, Miner, MiningDataSource, OfflineMiner
 from contrastlab.objectives.base import ContrastiveObjective
 from contrastlab.objectives.collapse_guard import CollapseGuard
 
-POSITIVES = ("labels", "views")
+Positives = Literal["labels", "views"]
+POSITIVES = get_args(Positives)
 
 
 class Triplet(ContrastiveObjective):
@@ -40,11 +42,10 @@ class Triplet(ContrastiveObjective):
     negatives: Miner
 
     def __init__(
-        self, *args: Any, positives: str = "labels", collapse_threshold: float | None = 0.02, **kwargs: Any
+        self, *args: Any, positives: Positives = "labels", collapse_threshold: float | None = 0.02, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
-        if positives not in POSITIVES:
-            raise ValueError(f"objective.positives must be one of {', '.join(POSITIVES)}, got '{positives}'.")
+        check_choice(positives, Positives, "objective.positives")
         if not isinstance(self.loss, TripletMarginLoss):
             raise ValueError(f"objective=triplet needs loss=triplet, got {type(self.loss).__name__}.")
         self.positives = positives

@@ -48,6 +48,7 @@ from contrastlab.config.overrides import (
     override_value,
     parse_overrides,
 )
+from contrastlab.errors import ContrastlabWarning
 from contrastlab.tracking.history import HISTORY_FILE, append_row, drop_from, history_row
 
 RUN_ID_FILE = "wandb_run_id"
@@ -57,7 +58,7 @@ TAG_GROUPS = ("objective", "encoder", "sampler", "data")
 INIT_TIMEOUT_S = 60.0
 
 
-class WandbFallbackWarning(UserWarning):
+class WandbFallbackWarning(ContrastlabWarning):
     """W&B could not be used online (or at all); training continues."""
 
 

@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from contrastlab.errors import EXIT_PREEMPTED, RunFailure
+from contrastlab.errors import EXIT_PREEMPTED, ContrastlabWarning, RunFailure
 
 
 class NonFiniteLossError(RunFailure, RuntimeError):
@@ -38,7 +38,7 @@ class CheckpointWriteError(RunFailure, RuntimeError):
     """A checkpoint could not be written (the previous one at that path is unchanged)."""
 
 
-class NonFiniteStepWarning(UserWarning):
+class NonFiniteStepWarning(ContrastlabWarning):
     """A training step had a non-finite loss or gradient and was skipped."""
 
 
