@@ -9,51 +9,12 @@ owner's rows).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 import torch
 import torch.distributed as dist
-from torch.testing._internal.distributed import multi_threaded_pg as threaded
+from ranks import run_ranks
 
 from contrastlab import distributed
-
-
-def run_ranks(fn: Callable[[int], Any], world: int = 2) -> list[Any]:
-    """``fn(rank)`` on ``world`` threads, each a rank of one threaded process group; their results."""
-    torch._C._distributed_c10d._set_thread_isolation_mode(True)
-    threaded._install_threaded_pg()
-    store = dist.HashStore()
-    results: list[Any] = [None] * world
-    errors: list[BaseException] = []
-
-    def worker(rank: int) -> None:
-        dist.init_process_group("threaded", rank=rank, world_size=world, store=store)
-        try:
-            results[rank] = fn(rank)
-        except BaseException as err:  # wake the other ranks waiting in a collective
-            errors.append(err)
-            threaded.ProcessLocalGroup.exception_handle(err)
-        finally:
-            dist.destroy_process_group()
-
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(world)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        assert not any(t.is_alive() for t in threads), "a rank hung"
-    finally:
-        threaded._uninstall_threaded_pg()
-        torch._C._distributed_c10d._set_thread_isolation_mode(False)
-        threaded.ProcessLocalGroup._terminate.clear()
-        distributed._host_groups.clear()
-    if errors:
-        raise errors[0]
-    return results
 
 
 @pytest.mark.parametrize("world", [2, 3])
