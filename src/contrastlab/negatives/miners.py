@@ -45,10 +45,9 @@ def check_strategy(strategy: str) -> None:
     check_choice(strategy, Strategy, "sampler.strategy")
 
 
-def target_masks(
-    query_targets: Tensor, key_targets: Tensor, self_index: Tensor | None = None, row_offset: int = 0
-) -> tuple[Tensor, Tensor]:
-    """``(positive_mask, negative_mask)`` (N, M) bool for the rows ``row_offset ...`` of the queries."""
+def target_masks(query_targets: Tensor, key_targets: Tensor, self_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(positive_mask, negative_mask)`` (N, M) bool: same / different known target (>= 0); with
+    ``self_index`` (N,), each query's own key is no positive."""
     q, k = query_targets[:, None], key_targets[None, :]
     known = (q >= 0) & (k >= 0)
     pos, neg = known & (q == k), known & (q != k)
