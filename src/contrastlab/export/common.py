@@ -107,6 +107,27 @@ def text_towers(ckpt: Any, which: str = "auto", fmt: str = "?") -> list[TextTowe
     return [towers[p] for p in pick]
 
 
+def one_hf_tower(ckpt: Any, which: str, fmt: str, two_towers_why: str = "") -> TextTower:
+    """The single Hugging Face text tower a one-model format (``hf``, ``sentence_transformers``) writes:
+    :func:`text_towers` narrowed to one, refusing a bi-encoder's two towers (``two_towers_why`` is added to
+    that message) and a tower that is not ``text_encoder=hf``."""
+    from contrastlab.encoders.text import HFTextEncoder  # here: exporting an image tower never loads transformers
+
+    picked = text_towers(ckpt, which, fmt)
+    if len(picked) > 1:
+        raise ExportFormatError(
+            f"this bi-encoder has two text towers (objective.shared=false){two_towers_why}; set format.tower=query "
+            "or format.tower=document."
+        )
+    chosen = picked[0]
+    if not isinstance(chosen.encoder, HFTextEncoder):
+        raise ExportFormatError(
+            f"format={fmt} needs a Hugging Face text tower (text_encoder=hf); this checkpoint's is "
+            f"{type(chosen.encoder).__name__}; use format=onnx instead."
+        )
+    return chosen
+
+
 def image_tower(ckpt: Any, fmt: str = "?") -> ImageTower:
     model, objective = ckpt.model, _objective(ckpt)
     if getattr(model, "encoder", None) is None:

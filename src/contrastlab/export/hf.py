@@ -10,26 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from contrastlab.encoders.text import HFTextEncoder
-from contrastlab.export.common import ExportFormatError, text_towers
+from contrastlab.export.common import one_hf_tower
 
 
 def export(ckpt: Any, output_dir: str | Path, tower: str = "auto") -> dict[str, Any]:
     """``save_pretrained`` of the text tower's model and tokenizer into ``output_dir``; returns a summary."""
     out = Path(output_dir)
-    picked = text_towers(ckpt, tower, "hf")
-    if len(picked) > 1:
-        raise ExportFormatError(
-            "this bi-encoder has two text towers (objective.shared=false); set format.tower=query or "
-            "format.tower=document."
-        )
-    chosen = picked[0]
+    chosen = one_hf_tower(ckpt, tower, "hf")
     enc = chosen.encoder
-    if not isinstance(enc, HFTextEncoder):
-        raise ExportFormatError(
-            f"format=hf needs a Hugging Face text tower (text_encoder=hf); this checkpoint's is "
-            f"{type(enc).__name__}; use format=onnx instead."
-        )
     out.mkdir(parents=True, exist_ok=True)
     enc.model.save_pretrained(str(out))
     enc.hf_tokenizer.save_pretrained(str(out))

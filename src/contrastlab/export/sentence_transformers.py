@@ -32,8 +32,8 @@ from contrastlab.export.common import (
     ExportFormatError,
     TextTower,
     max_abs_diff,
+    one_hf_tower,
     sample_texts,
-    text_towers,
 )
 
 TRANSFORMER = "sentence_transformers.models.Transformer"
@@ -124,18 +124,7 @@ def export(ckpt: Any, output_dir: str | Path, tower: str = "auto", atol: float =
     out = Path(output_dir)
     if tower not in ("auto", "text", "query", "document"):
         raise ExportFormatError(f"format.tower={tower} is not a text tower; set format.tower=auto, query or document.")
-    picked = text_towers(ckpt, tower, "sentence_transformers")
-    if len(picked) > 1:
-        raise ExportFormatError(
-            "this bi-encoder has two text towers (objective.shared=false) and a sentence-transformers folder holds "
-            "one; set format.tower=query or format.tower=document."
-        )
-    chosen = picked[0]
-    if not isinstance(chosen.encoder, HFTextEncoder):
-        raise ExportFormatError(
-            f"format=sentence_transformers needs a Hugging Face text tower (text_encoder=hf); this checkpoint's is "
-            f"{type(chosen.encoder).__name__}; use format=onnx instead."
-        )
+    chosen = one_hf_tower(ckpt, tower, "sentence_transformers", " and a sentence-transformers folder holds one")
     files = write_folder(chosen, out)
     texts = sample_texts(ckpt)
     want = chosen.embed(texts)
