@@ -131,6 +131,25 @@ def test_compute_across_ranks_equals_one_process(world: int, n_train: int, k: in
         assert out == pytest.approx(single, abs=1e-6)
 
 
+def test_compute_embeds_the_bank_as_shards_and_every_query_on_every_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The train split is this rank's shard (the bank stays split) and the val split is asked for with
+    ``across_ranks=True`` (every rank holds all queries; otherwise the ranks' neighbour lists would not line up)."""
+    calls: list[tuple] = []
+
+    def shard(pl_module: Any, dm: _DM, split: str) -> Split:
+        calls.append(("shard", split))
+        return _fake_split_shard(pl_module, dm, split)
+
+    def embeddings(pl_module: Any, dm: _DM, split: str, across_ranks: bool = False) -> Split:
+        calls.append(("embeddings", split, across_ranks))
+        return _fake_split_embeddings(pl_module, dm, split, across_ranks)
+
+    monkeypatch.setattr(callbacks, "split_shard", shard)
+    monkeypatch.setattr(callbacks, "split_embeddings", embeddings)
+    KNNMonitor(k=3).compute(SimpleNamespace(), _DM(_data(12, 6, 3, seed=0)))
+    assert calls == [("shard", "train"), ("embeddings", "val", True)]
+
+
 def test_compute_across_ranks_highest_class_only_in_one_part() -> None:
     """The class count is the maximum over every rank's bank part and the queries: the top class lives only in
     the last rank's train part; its items are near the queries, so dropping it changes the answer."""

@@ -18,7 +18,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
 from contrastlab.evaluation import embed_cache
-from contrastlab.evaluation.embed_cache import embed_shard, shard_loader, split_embeddings, split_shard
+from contrastlab.evaluation.embed_cache import (
+    embed_across_ranks,
+    embed_shard,
+    shard_loader,
+    split_embeddings,
+    split_shard,
+)
 
 _ATTR = "_contrastlab_split_embeddings"
 
@@ -245,6 +251,16 @@ def test_shard_loader_keeps_the_loaders_settings() -> None:
     assert r0[8] == 3 and r0[9]
     assert r0[10] == [0, 1, 2, 3, 4, 5] and r1[10] == [6, 7, 8, 9, 10, 11]
 
+    one_worker = DataLoader(_Items(12), batch_size=3, num_workers=1, multiprocessing_context="spawn", prefetch_factor=5)
+
+    def one_worker_fn(rank: int) -> tuple:
+        s = shard_loader(one_worker)
+        assert s is not None
+        return s.num_workers, s.multiprocessing_context, s.prefetch_factor
+
+    for workers, context, prefetch in run_ranks(one_worker_fn):  # a single worker keeps them too
+        assert workers == 1 and context is not None and context.get_start_method() == "spawn" and prefetch == 5
+
 
 # --- embed_shard ----------------------------------------------------------------------------------------------
 def test_embed_shard_partitions_the_rows_whether_or_not_the_loader_splits() -> None:
@@ -279,6 +295,58 @@ def test_embed_shard_partitions_the_rows_whether_or_not_the_loader_splits() -> N
     assert c0[1].tolist() == list(range(4)) and d1[1].tolist() == [5, 6, 7, 8, 9]
     assert d0[0].shape == (5, 2) and c1[0].shape == (6, 2)
     assert dev0 == dev1 == {"meta"}
+
+
+# --- embed_across_ranks -------------------------------------------------------------------------------------
+def _captioned(loader: DataLoader) -> list[dict[str, Any]]:
+    """The batches of ``loader`` with the input under ``"x"`` and a caption (a list of strings) per row."""
+    return [{"x": b["image"], "label": b["label"], "caption": [f"item {int(i)}" for i in b["label"]]} for b in loader]
+
+
+def test_embed_across_ranks_is_the_single_process_embedding() -> None:
+    """In one process it is embed_loader with every option passed on; under DDP each rank embeds only its share
+    of a splittable loader and every rank gets all rows in order (tensor fields and lists of strings alike); a
+    loader that cannot be split is embedded whole by every rank and returned as is, not gathered twice."""
+    split = DataLoader(_Items(10), batch_size=4)
+    ref_f, ref_l = _reference(split)
+    captions = [f"item {i}" for i in range(10)]
+    unsplittable = _captioned(split)  # a list of batches: no sampler to split
+
+    def run(model: _Model, loader: Any) -> tuple:
+        return embed_across_ranks(model.embed, loader, None, key="x", fields=("label", "caption"))
+
+    single = run(_Model(), unsplittable)
+    torch.testing.assert_close(single[0], ref_f)
+    assert torch.equal(single[1], ref_l) and single[2] == captions
+    plain = embed_across_ranks(_Model().embed, split)
+    assert len(plain) == 2 and torch.equal(plain[1], ref_l)
+
+    class _Captions(Dataset):
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return {**_Items(10)[i], "x": _Items(10)[i]["image"], "caption": f"item {i}"}
+
+    splittable = DataLoader(_Captions(), batch_size=4)
+
+    def rank_fn(rank: int) -> tuple:
+        model = _Model()
+        a = run(model, splittable)
+        rows_a = model.rows()
+        whole = _Model()
+        b = run(whole, unsplittable)
+        meta = _Model()
+        embed_across_ranks(meta.embed, split, "meta")
+        return a, rows_a, b, whole.rows(), {s[2] for s in meta.seen}
+
+    for rank, (a, rows_a, b, rows_b, devices) in enumerate(run_ranks(rank_fn)):
+        for out in (a, b):
+            assert len(out) == 3
+            torch.testing.assert_close(out[0], ref_f)
+            assert torch.equal(out[1], ref_l) and out[2] == captions
+        assert rows_a == (4, 6)[rank] and rows_b == 10
+        assert devices == {"meta"}
 
 
 # --- the distributed paths of split_embeddings and split_shard ----------------------------------------------------
