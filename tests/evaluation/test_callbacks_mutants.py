@@ -73,7 +73,9 @@ def _naive_knn(tr_x: Tensor, tr_y: Tensor, va_x: Tensor, va_y: Tensor, k: int, t
         order = sorted(range(num_classes), key=lambda c: -scores[c])
         top1 += int(order[0] == int(va_y[q]))
         # classes never among the neighbours tie at 0: ranked like torch.topk does, to compare like with like
-        top5 += int(int(va_y[q]) in torch.tensor(scores, dtype=torch.float32).topk(5).indices.tolist())
+        top5 += int(
+            int(va_y[q]) in torch.tensor(scores, dtype=torch.float32).topk(min(5, num_classes)).indices.tolist()
+        )
     return top1 / len(va_x), top5 / len(va_x)
 
 
@@ -163,6 +165,24 @@ def test_compute_across_ranks_highest_class_only_in_one_part() -> None:
     results = run_ranks(lambda r: KNNMonitor(k=2, temperature=0.05).compute(SimpleNamespace(), _DM(splits)), 3)
     for out in results:
         assert out == pytest.approx(single, abs=1e-6)
+
+
+def test_compute_across_ranks_counts_classes_of_the_bank_alone() -> None:
+    """A class present only in the train parts (no query has it) still counts, and padded neighbours of parts
+    smaller than k carry a class that exists even when the data has one class only."""
+    tr_x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.9, 0.1], [0.2, 1.0], [0.5, 0.9]])
+    bank_only = {"train": (tr_x, torch.tensor([0, 1, 3, 0, 1, 3])), "val": (tr_x[:3] + 0.05, torch.tensor([0, 1, 1]))}
+    one_class = {
+        "train": (tr_x[:3], torch.zeros(3, dtype=torch.long)),
+        "val": (tr_x[3:], torch.zeros(3, dtype=torch.long)),
+    }
+    for splits, k, world in ((bank_only, 2, 3), (one_class, 5, 2)):
+        single = KNNMonitor(k=k, temperature=0.1).compute(SimpleNamespace(), _DM(splits))
+        _check_against_naive(single, splits, k, 0.1)
+        monitor, data = KNNMonitor(k=k, temperature=0.1), _DM(splits)
+        for out in run_ranks(lambda r, m=monitor, d=data: m.compute(SimpleNamespace(), d), world):
+            assert out == pytest.approx(single, abs=1e-6)
+    assert single == {"val/knn_top1": 1.0, "val/knn_top5": 1.0}
 
 
 def test_defaults() -> None:
