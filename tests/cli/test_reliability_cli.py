@@ -61,6 +61,10 @@ def bad_overrides(tmp: Path) -> list[tuple[list[str], str]]:
         ([f"ckpt_path={pickled}"], "trust_checkpoint=true"),
         (["ckpt_path=last"], "ckpt_path=last: no run with this config"),
         (["resume=sometimes"], "resume=sometimes is not an option"),
+        (
+            ["callbacks.embedding_plot.methods=[umap,isomap]"],
+            "callbacks.embedding_plot.methods must list methods among umap, tsne, pca, got 'isomap'",
+        ),
     ]
 
 
@@ -113,6 +117,11 @@ def test_the_command_exits_2_in_a_separate_process(tmp_path: Path, args: list[st
         ("evaluate", ["ckpt_path=x.ckpt", "evall=1"], "error: unknown config key 'evall'; did you mean 'eval'?"),
         ("embed", [], "error: ckpt_path= is required"),
         ("search", ["index=nowhere", "query=idx:1"], "error: index=nowhere has no embeddings.npy"),
+        (
+            "evaluate",
+            ["ckpt_path=x.ckpt", "eval.plots.methods=[umap,isomap]"],
+            "error: eval.plots.methods must list methods among umap, tsne, pca, got 'isomap'",
+        ),
     ],
 )
 def test_eval_embed_and_search_exit_2_with_one_line(tmp_path: Path, module: str, args: list[str], expected: str):

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from contrastlab.data.base import DataCapabilities
+from contrastlab.errors import ConfigError
 from contrastlab.evaluation import plot_callback, plots
 from contrastlab.evaluation.plot_callback import EmbeddingPlotCallback, hydra_overrides, log_images
 from contrastlab.evaluation.plots import plot_title
@@ -181,6 +182,14 @@ def test_defaults() -> None:
     assert (cb.max_points, cb.umap_epochs, cb.tsne_iter, cb.seed) == (1000, 200, 500, 0)
     assert cb.skip is False
     assert cb.paths == {} and type(cb.paths) is dict
+
+
+def test_init_refuses_an_unknown_method_naming_the_key() -> None:
+    """Checked when the callback is built (before training), not when the first picture is drawn."""
+    with pytest.raises(ConfigError) as error:
+        EmbeddingPlotCallback(methods=["umap", "isomap"])
+    assert str(error.value).startswith("callbacks.embedding_plot.methods must list methods among umap, tsne, pca")
+    assert EmbeddingPlotCallback(methods="pca").methods == ("pca",)
 
 
 def test_init_stores_arguments() -> None:

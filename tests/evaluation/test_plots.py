@@ -88,5 +88,5 @@ def test_save_embedding_plots_writes_pngs(tmp_path: Path) -> None:
     # unlabelled data (labels all -1, or none) draws one colour
     assert save_embedding_plots(x, None, tmp_path, ("pca",))["pca"].exists()
     assert save_embedding_plots(x, torch.full((60,), -1), tmp_path, ("pca",), suffix="_u")["pca"].exists()
-    with pytest.raises(ValueError, match="unknown projection"):
+    with pytest.raises(ValueError, match="plots.methods must list methods among umap, tsne, pca, got 'isomap'"):
         save_embedding_plots(x, y, tmp_path, ("isomap",))

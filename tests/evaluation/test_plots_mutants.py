@@ -31,8 +31,10 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from PIL import Image
 
+from contrastlab.errors import ConfigError
 from contrastlab.evaluation import plots
 from contrastlab.evaluation.plots import (
+    check_methods,
     import_umap,
     plot_projection,
     plot_title,
@@ -655,11 +657,25 @@ def test_save_embedding_plots_accepts_tensors(tmp_path: Path, pipeline: Pipeline
     np.testing.assert_array_equal(plot["labels"], idx % 4)
 
 
-def test_save_embedding_plots_rejects_an_unknown_method(tmp_path: Path, pipeline: Pipeline) -> None:
-    with pytest.raises(ValueError) as error:
-        save_embedding_plots(rows(10), None, tmp_path, ("isomap",))
-    assert str(error.value) == "unknown projection method 'isomap'; choose from umap, tsne, pca"
-    assert pipeline.projections == [] and pipeline.plots == []
+@pytest.mark.parametrize("methods", [("isomap",), ("pca", "isomap"), ["umap", "tsne", "isomap"]])
+def test_save_embedding_plots_rejects_an_unknown_method_before_drawing(
+    tmp_path: Path, pipeline: Pipeline, methods: tuple[str, ...]
+) -> None:
+    """Every name is checked first: a typo after a valid method costs no projection and writes no file."""
+    with pytest.raises(ConfigError) as error:
+        save_embedding_plots(rows(10), None, tmp_path, methods)
+    assert str(error.value) == (
+        "plots.methods must list methods among umap, tsne, pca, got 'isomap'; set e.g. plots.methods=[umap,tsne]."
+    )
+    assert pipeline.projections == [] and pipeline.plots == [] and not list(tmp_path.iterdir())
+
+
+def test_check_methods() -> None:
+    """A tuple of the names, in order; one name alone is one method (not its letters); the key is named."""
+    assert check_methods(["tsne", "pca"]) == ("tsne", "pca") and check_methods(()) == ()
+    assert check_methods("pca", "k") == ("pca",)
+    with pytest.raises(ConfigError, match=r"^eval\.plots\.methods must list methods among umap, tsne, pca, got 'u'"):
+        check_methods(["u"], "eval.plots.methods")
 
 
 def test_save_embedding_plots_draws_real_pictures(tmp_path: Path, drawn: list[Drawn]) -> None:

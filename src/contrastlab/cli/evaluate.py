@@ -34,7 +34,7 @@ from contrastlab.evaluation.embed import embed_loader
 from contrastlab.evaluation.health import embedding_health
 from contrastlab.evaluation.linear_probe import linear_probe
 from contrastlab.evaluation.pairs import augmented_pairs, embed_pairs
-from contrastlab.evaluation.plots import plot_title, save_embedding_plots
+from contrastlab.evaluation.plots import check_methods, plot_title, save_embedding_plots
 from contrastlab.evaluation.retrieval import retrieval_metrics
 from contrastlab.training import runs
 from contrastlab.training.checkpoints import LoadedCheckpoint, load_from_cfg, run_overrides
@@ -59,6 +59,7 @@ def evaluate(
     unknown = set(eval_cfg) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown eval section(s) {sorted(unknown)}; choose from eval=[{','.join(SECTIONS)}]")
+    methods = check_methods(eval_cfg.plots.methods, "eval.plots.methods") if "plots" in selected else ()
     metrics: dict[str, float] = {}
     skipped: dict[str, str] = {}
     plots: dict[str, str] = {}
@@ -156,7 +157,7 @@ def evaluate(
             va_x,
             va_y if labelled else None,
             output_dir,
-            tuple(c.methods),
+            methods,
             title,
             suffix,
             max_points=c.max_points,
@@ -189,12 +190,14 @@ def log_to_logger(cfg: DictConfig, ckpt: LoadedCheckpoint, result: dict[str, Any
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     torch.manual_seed(cfg.seed)
+    eval_cfg = cfg.get("eval") or OmegaConf.create({})
+    if "plots" in eval_cfg:  # refused before the checkpoint loads and the other sections run
+        check_methods(eval_cfg.plots.methods, "eval.plots.methods")
     ckpt = load_from_cfg(cfg)
     random_init = bool(cfg.get("random_init", False))
     suffix = "_random_init" if random_init else ""
     out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.path.resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    eval_cfg = cfg.get("eval") or OmegaConf.create({})
     result = evaluate(ckpt, eval_cfg, out_dir, cfg.seed, suffix)
     report = {
         "checkpoint": str(ckpt.path.resolve()),

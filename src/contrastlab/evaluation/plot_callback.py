@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from contrastlab.data.base import capabilities
 from contrastlab.evaluation.embed_cache import split_embeddings
-from contrastlab.evaluation.plots import plot_title, save_embedding_plots
+from contrastlab.evaluation.plots import check_methods, plot_title, save_embedding_plots
 
 
 def hydra_overrides() -> list[str]:
@@ -55,7 +55,7 @@ class EmbeddingPlotCallback(L.Callback):
     def __init__(
         self,
         dirpath: str | None = None,
-        methods: Sequence[str] = ("umap", "tsne"),
+        methods: str | Sequence[str] = ("umap", "tsne"),
         every_n_epochs: int = 0,
         max_points: int | None = 1000,
         umap_epochs: int | None = 200,
@@ -64,7 +64,8 @@ class EmbeddingPlotCallback(L.Callback):
         debug_run: str | None = None,
         in_debug: bool = False,
     ) -> None:
-        self.dirpath, self.methods, self.every_n_epochs = dirpath, tuple(methods), every_n_epochs
+        self.methods = check_methods(methods, "callbacks.embedding_plot.methods")  # refused before training
+        self.dirpath, self.every_n_epochs = dirpath, every_n_epochs
         self.max_points, self.seed = max_points, seed
         self.umap_epochs, self.tsne_iter = umap_epochs, tsne_iter
         self.skip = bool(debug_run) and debug_run != "None" and not in_debug

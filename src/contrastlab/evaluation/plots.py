@@ -22,8 +22,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from contrastlab.errors import ConfigError
+
 METHODS = ("umap", "tsne", "pca")
 NAMES = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}
+
+
+def check_methods(methods: str | Sequence[str], key: str = "plots.methods") -> tuple[str, ...]:
+    """``methods`` as a tuple (one name alone too: ``methods=pca``) when each is one of :data:`METHODS`, else a
+    :class:`~contrastlab.errors.ConfigError` naming ``key``: checked before any picture is drawn, so a typo
+    never costs the projections (or the training run) before it."""
+    names = (methods,) if isinstance(methods, str) else tuple(methods)
+    for method in names:
+        if method not in METHODS:
+            raise ConfigError(
+                f"{key} must list methods among {', '.join(METHODS)}, got {method!r}; set e.g. {key}=[umap,tsne]."
+            )
+    return names
 
 
 def import_umap() -> Any:
@@ -175,7 +190,9 @@ def save_embedding_plots(
     class_names: Sequence[str] | None = None,
     **projection_kwargs: object,
 ) -> dict[str, Path]:
-    """One PNG per method, ``<out_dir>/<method><suffix>.png``; returns ``{method: path}``."""
+    """One PNG per method, ``<out_dir>/<method><suffix>.png``; returns ``{method: path}``. Every method name is
+    checked before the first projection (:func:`check_methods`)."""
+    methods = check_methods(methods)
     feats = np.asarray(features.cpu() if isinstance(features, Tensor) else features, dtype=np.float32)
     labs = None if labels is None else np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
     idx = subsample(len(feats), max_points, seed)
@@ -183,8 +200,6 @@ def save_embedding_plots(
     labs = None if labs is None else labs[idx]
     paths: dict[str, Path] = {}
     for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown projection method {method!r}; choose from {', '.join(METHODS)}")
         points = project_2d(feats, method, seed=seed, **projection_kwargs)  # type: ignore[arg-type]
         head = f"{NAMES[method]} of {len(feats)} validation embeddings"
         paths[method] = plot_projection(
