@@ -390,3 +390,14 @@ def test_embed_pairs_batches_and_device(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(pairs_mod, "embed_loader", spy)
     embed_pairs(embed, views, "cpu:0")
     assert devices == ["cpu:0", "cpu:0"]
+
+
+def test_augmented_pairs_defaults_draw_512_pairs_under_seed_0() -> None:
+    """Called without ``n`` and ``seed`` (as a caller relying on the documented defaults does): 512 pairs of the
+    first 512 validation images, the views drawn under seed 0."""
+    dm = DigitsDataModule(batch_size=4, val_fraction=0.5, image_size=8)
+    dm.augment = noise_augment
+    a, b = augmented_pairs(dm)  # type: ignore[misc]
+    assert len(dm.val_base) > 513  # type: ignore[arg-type]
+    ea, eb = expected_pairs(dm, 512, 0)
+    assert torch.equal(a, ea) and torch.equal(b, eb)

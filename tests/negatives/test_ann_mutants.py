@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import faiss
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -243,11 +244,16 @@ def test_random_sampling_breaks_ties_by_rank() -> None:
     assert table.tolist() == random_picks(ref, 20, seed)
 
 
-def test_chunked_search_equals_one_search() -> None:
-    """Searching in chunks of 4 rows (n > 2 chunks) gives the table and statistics of one search."""
+def test_chunked_search_equals_one_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Searching in chunks of 4 rows (n > 2 chunks) gives the table and statistics of one search. The result
+    buffers start poisoned (not ``np.empty``, which may hand back the memory of the previous, correct search),
+    so a row the chunks never reach shows."""
     emb, labels = data(n=30, seed=4)
     whole, s1 = mine_ann_negatives(emb, labels, 2, 1, 6, 0.05, use_gpu=False, progress=False)
+    empty = np.empty
+    monkeypatch.setattr(np, "empty", lambda shape, dtype=float: np.full(shape, -7, dtype=dtype))
     chunked, s2 = mine_ann_negatives(emb, labels, 2, 1, 6, 0.05, use_gpu=False, chunk_size=4, progress=False)
+    monkeypatch.setattr(np, "empty", empty)
     assert torch.equal(whole, chunked)
     check_table(chunked, top_picks(reference(emb, labels, 1, 6, 0.05), 2), labels)
     assert s1 == pytest.approx(s2)
@@ -392,6 +398,8 @@ def test_constructor_errors_name_the_key() -> None:
         AnnMined(refresh_every_n_epochs=0)
     with pytest.raises(ValueError, match=r"^sampler\.num_negatives must be >= 1, got 0\.$"):
         AnnMined(num_negatives=0)
+    with pytest.raises(ConfigError, match=r"^sampler\.sampling must be one of top, random, got 'banana'; "):
+        AnnMined(sampling="banana")  # type: ignore[arg-type]
 
 
 def test_a_fresh_miner_has_mined_nothing() -> None:

@@ -18,6 +18,7 @@ import torch
 from ranks import run_ranks
 from torch import Tensor, nn
 
+from contrastlab.errors import ConfigError
 from contrastlab.losses import clip_loss, info_nce, pairwise_distance
 from contrastlab.negatives import InBatch, MemoryBank, MomentumEncoder, TripletMiner, mine_triplets, miners
 
@@ -430,3 +431,12 @@ def test_momentum_encoder_refuses_an_online_net_that_changed_shape() -> None:
     online.register_parameter("extra", nn.Parameter(torch.ones(1)))
     with pytest.raises(ValueError, match=r"zip\(\) argument 2 is longer than argument 1"):
         key.step()
+
+
+def test_an_unknown_strategy_names_the_key() -> None:
+    """``check_strategy`` (and the miner built on it) refuse a strategy with the one line naming sampler.strategy."""
+    expected = r"^sampler\.strategy must be one of batch_hard, semi_hard, batch_all, got 'banana'; set e\.g\. "
+    with pytest.raises(ConfigError, match=expected + r"sampler\.strategy=batch_hard\.$"):
+        miners.check_strategy("banana")
+    with pytest.raises(ConfigError, match=expected):
+        TripletMiner("banana")  # type: ignore[arg-type]
