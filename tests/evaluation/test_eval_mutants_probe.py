@@ -522,6 +522,15 @@ def test_embed_loader_moves_tensors_and_mappings_of_tensors_to_the_device() -> N
     assert seen == ["meta"]
 
 
+def test_embed_loader_fills_a_missing_field_with_a_long_tensor() -> None:
+    """A field the batch lacks is ``fill`` repeated as a long tensor, whatever int it is given as (a bool is an
+    int: True fills 1s, not a bool tensor)."""
+    data = [{"image": torch.ones(2, 3)}, {"image": torch.ones(1, 3)}]
+    for fill, want in ((-1, [-1, -1, -1]), (True, [1, 1, 1])):
+        _, labels = embed_loader(lambda x: x, data, fill=fill)
+        assert labels.dtype == torch.long and labels.tolist() == want
+
+
 def test_embed_loader_with_a_bound_method_of_a_plain_object() -> None:
     """A bound method of an object that is not a module needs no mode switching: features as the plain loop."""
 

@@ -286,6 +286,18 @@ def test_metrics_keep_the_class_count_cutoff_and_accept_no_cutoffs(dtype: torch.
     assert zs.zero_shot_metrics(features, labels, classifier, top=()) == {"mean_per_class_recall": pytest.approx(mpcr)}
 
 
+def test_no_cutoffs_rank_one_class_deep_also_with_tied_classes() -> None:
+    """top=() takes the top-1 prediction, exactly as top=(1,): with 64 identical class weights (every class ties)
+    the mean per-class recall is the same (a deeper ranking may order the tied classes differently)."""
+    classifier = _unit(1, 5, torch.float32, seed=17).repeat(64, 1)
+    features = _unit(6, 5, torch.float32, seed=18)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    scores = zs.zero_shot_scores(features, classifier)
+    assert bool((scores == scores[:, :1]).all())  # all 64 classes tie on every image
+    want = zs.zero_shot_metrics(features, labels, classifier, top=(1,))["mean_per_class_recall"]
+    assert zs.zero_shot_metrics(features, labels, classifier, top=()) == {"mean_per_class_recall": want}
+
+
 def test_unlabelled_images_raise_the_exact_message() -> None:
     """Both entry points refuse a set without a label >= 0, with the documented message."""
     msg = f"^{re.escape('zero-shot accuracy needs labelled images (labels >= 0).')}$"

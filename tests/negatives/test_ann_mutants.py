@@ -259,6 +259,36 @@ def test_chunked_search_equals_one_search(monkeypatch: pytest.MonkeyPatch) -> No
     assert s1 == pytest.approx(s2)
 
 
+def test_each_chunk_is_searched_once_for_the_item_and_its_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index is searched once per chunk of ``chunk_size`` rows (default 4096), in row order, for ``rank_max + 1``
+    neighbours (the item itself and its window): 10 items in chunks of 4 are searches of 4, 4 and 2 rows; 4097 items
+    with the default chunk are searches of 4096 and 1 rows."""
+    calls: list[tuple[int, int, int]] = []
+
+    class Recorder:
+        def __init__(self, index: Any) -> None:
+            self.index, self.added = index, np.zeros((0, index.d), dtype=np.float32)
+
+        def add(self, x: np.ndarray) -> None:
+            self.added = x
+            self.index.add(x)
+
+        def search(self, q: np.ndarray, k: int) -> Any:
+            start = int(np.flatnonzero((self.added == q[0]).all(1))[0])  # the chunk's first row
+            calls.append((start, len(q), k))
+            return self.index.search(q, k)
+
+    monkeypatch.setattr("contrastlab.negatives.ann._index", lambda dim, use_gpu: Recorder(_index(dim, use_gpu)))
+    emb, labels = data(n=10, seed=9)
+    table, _ = mine_ann_negatives(emb, labels, 1, 1, 4, 0.05, use_gpu=False, chunk_size=4, progress=False)
+    assert calls == [(0, 4, 5), (4, 4, 5), (8, 2, 5)]
+    check_table(table, top_picks(reference(emb, labels, 1, 4, 0.05), 1), labels)
+    calls.clear()
+    big = torch.randn(4097, 2, generator=torch.Generator().manual_seed(10))
+    mine_ann_negatives(big, None, rank_max=1, use_gpu=False, progress=False)
+    assert calls == [(0, 4096, 2), (4096, 1, 2)]
+
+
 def test_a_negative_exactly_at_the_margin_is_a_false_negative() -> None:
     """``sim == sim(pos) - margin`` is filtered (the comparison is strict): item 0's rank-2 neighbour sits exactly
     there, so its negative is the rank-3 one."""
@@ -273,6 +303,21 @@ def test_a_negative_exactly_at_the_margin_is_a_false_negative() -> None:
     assert table[0].tolist() == [3]
     loose, _ = mine_ann_negatives(emb, labels, 1, 1, 3, margin * 0.999, use_gpu=False, progress=False)
     assert loose[0].tolist() == [2]  # just inside the margin it is the negative
+
+
+def test_the_margin_filter_is_computed_in_float32() -> None:
+    """``sim(pos) - margin`` is computed in float32, the precision of the similarities (as text mining compares in
+    the scores' precision): a margin just below ``p - s`` that rounds to it in float32 still filters the neighbour at
+    ``s`` (in float64 ``s`` would lie below the threshold), so item 0's negative is the rank-3 one."""
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.45], [0.7, 0.7], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    x = torch.nn.functional.normalize(emb, dim=1)
+    p, s = x[1, 0], x[2, 0]  # item 0 is (1, 0): its cosines are the first coordinates, exactly
+    margin = float(p - s) * (1 - 1e-9)
+    assert float(s) < float(p) - margin  # float64: s survives
+    assert not bool(s < p - margin)  # float32: s == p - margin, filtered
+    table, _ = mine_ann_negatives(emb, labels, 1, 1, 3, margin, use_gpu=False, progress=False)
+    assert table[0].tolist() == [3]
 
 
 def test_nearest_positive_beyond_the_window_sets_the_filter() -> None:

@@ -6,8 +6,11 @@ that restores the RNGs and starts the right pass."""
 from __future__ import annotations
 
 import random
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -66,20 +69,38 @@ def test_buffers_are_put_back_in_place_or_replaced_when_resized() -> None:
     guard._put_back_buffers(module)  # nothing saved: nothing to do
 
 
+def _returns_within(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` run on a daemon thread: a loop that never ends fails the test after ``seconds`` (and never
+    keeps pytest alive) instead of hanging it."""
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn(*args)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{fn.__name__} did not return within {seconds} s"
+    assert out, f"{fn.__name__} raised (see the thread's traceback above)"
+    return out[0]
+
+
 def test_the_os_error_behind_a_failed_write_is_found_in_the_chain() -> None:
+    """Itself, its cause, its context; None at the chain's end, and a cyclic chain (a cause or context pointing
+    back) ends too."""
+    find = reliability._os_error_in
     disk = OSError(28, "No space left on device")
-    assert reliability._os_error_in(disk) is disk
+    assert _returns_within(5, find, disk) is disk
     wrapped = RuntimeError("torch.save failed")
     wrapped.__cause__ = disk
-    assert reliability._os_error_in(wrapped) is disk
+    assert _returns_within(5, find, wrapped) is disk
     context = ValueError("while handling")
     context.__context__ = wrapped
-    assert reliability._os_error_in(context) is disk
+    assert _returns_within(5, find, context) is disk
     a, b = RuntimeError("a"), RuntimeError("b")
     a.__context__, b.__context__ = b, a  # a cycle without an OSError ends
-    assert reliability._os_error_in(a) is None
-    assert reliability._os_error_in(RuntimeError("plain")) is None
-    assert reliability._os_error_in(None) is None
+    assert _returns_within(5, find, a) is None
+    assert _returns_within(5, find, RuntimeError("plain")) is None
+    assert _returns_within(5, find, None) is None
+    looped = RuntimeError("self")
+    looped.__cause__ = looped
+    assert _returns_within(5, find, looped) is None
 
 
 class Tiny(L.LightningModule):
