@@ -30,11 +30,11 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=20
 test: lint
 	OMP_NUM_THREADS=1 $(BIN)/pytest tests $(PYTEST_ARGS)
 
-# style (ruff's rules and formatter; fix with: .venv/bin/ruff format src tests benchmarks), the layer contract
+# style (ruff's rules and formatter; fix with: .venv/bin/ruff format src tests benchmarks tools), the layer contract
 # of docs/architecture.md (import-linter) and declared = imported dependencies (deptry)
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/lint-imports
 	$(BIN)/deptry src
 
@@ -43,7 +43,8 @@ bench: setup
 
 # Mutation testing (not part of `make test`; not for CI: tens of minutes to hours). mutmut mutates the modules
 # of pyproject's [tool.mutmut] only_mutate in a copy under build/mutate and runs, per mutant, the fast tests
-# that cover it; survivors are listed at the end (inspect one: cd build/mutate && ../../$(BIN)/mutmut show NAME).
+# that cover it; survivors are listed at the end (inspect one: cd build/mutate && ../../$(BIN)/mutmut show NAME),
+# then the mutants it counted as killed by a crash or a timeout are re-run outside it (tools/recheck_mutants.py).
 # Limit the run with MUTANTS, e.g. make mutate MUTANTS='contrastlab.losses.*'; results are kept between runs
 # (rm -rf build/mutate to start afresh).
 MUTANTS ?=
@@ -52,6 +53,7 @@ mutate: setup
 	cp -rp src tests conf pyproject.toml build/mutate/
 	cd build/mutate && OMP_NUM_THREADS=1 ../../$(BIN)/mutmut run $(MUTANTS)
 	cd build/mutate && ../../$(BIN)/mutmut results
+	$(BIN)/python tools/recheck_mutants.py build/mutate  # mutmut counts crashes and timeouts as kills: re-run them
 
 clean:
 	rm -rf $(VENV) outputs/*/ .pytest_cache
