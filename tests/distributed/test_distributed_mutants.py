@@ -152,3 +152,29 @@ def test_host_integers_rows_and_lists_use_the_gloo_host_group(monkeypatch) -> No
     assert run_ranks(rank_fn) == ["gloo", "gloo"]
     # per rank: gather_rows' counts and rows, gather_lists' objects, max_over_ranks' integers
     assert len(used) == 8 and all(group is host and host is not None for _, group, host in used)
+
+
+class _Sent(Exception):
+    """Raised by a fake collective once it has recorded what it was given (on every rank, so none waits)."""
+
+
+def test_rows_on_a_device_are_gathered_over_the_default_group(monkeypatch) -> None:
+    """Device tensors (here on the meta device, so no GPU is needed) travel over the default group, not over
+    host_group() (gloo, for CPU tensors); their row counts still go over host_group()."""
+    groups: list[object] = []
+    real_all_gather = dist.all_gather
+
+    def all_gather(parts, tensor, group=None, **kwargs):
+        if tensor.device.type != "meta":
+            return real_all_gather(parts, tensor, group=group, **kwargs)
+        groups.append(group)
+        raise _Sent  # meta tensors hold no data: nothing to exchange
+
+    monkeypatch.setattr(dist, "all_gather", all_gather)
+
+    def rank_fn(rank: int) -> None:
+        with pytest.raises(_Sent):
+            distributed.gather_rows(torch.empty(rank + 1, 2, device="meta"))
+
+    run_ranks(rank_fn)
+    assert groups == [None, None]

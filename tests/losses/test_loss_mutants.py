@@ -31,7 +31,7 @@ from contrastlab.losses import (
 from contrastlab.losses import clip as clip_module
 from contrastlab.losses import fused_info_nce as fused
 from contrastlab.losses.checks import checking_inputs
-from contrastlab.losses.info_nce import info_nce_plain
+from contrastlab.losses.info_nce import _neg_inf, info_nce_plain
 from contrastlab.losses.triplet import rowwise_distance, rowwise_searchsorted
 
 
@@ -281,6 +281,26 @@ def test_clip_module_equals_the_function_with_gathered_keys() -> None:
     assert torch.allclose(clip_loss(img, txt, scale, **kw), expected, rtol=1e-10)
 
 
+def test_a_scale_tensor_keeps_its_own_dtype() -> None:
+    """CLIP is info_nce with temperature ``1 / logit_scale`` computed in the scale's own dtype (float32 for integer
+    and half scales), not cast to the features' dtype: the loss and the scale's gradient match that exactly."""
+    for features, scale in [
+        (torch.float64, torch.tensor(3.3, dtype=torch.float32)),
+        (torch.float64, torch.tensor(3)),
+        (torch.float32, torch.tensor(3.3, dtype=torch.float64)),
+    ]:
+        img, txt = rand(5, 4, seed=50, dtype=features), rand(5, 4, seed=51, dtype=features)
+        s = scale.requires_grad_(scale.is_floating_point())
+        got = clip_loss(img, txt, s)
+        t = (s if s.is_floating_point() else s.float()).reciprocal()
+        expected = (info_nce(img, txt, temperature=t) + info_nce(txt, img, temperature=t)) / 2
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        if s.requires_grad:
+            torch.testing.assert_close(
+                torch.autograd.grad(got, s)[0], torch.autograd.grad(expected, s)[0], rtol=0, atol=0
+            )
+
+
 def naive_siglip(img, txt, scale, bias, offset=0) -> torch.Tensor:
     total = 0.0
     for i in range(img.shape[0]):
@@ -419,3 +439,13 @@ def test_bad_triplet_arguments_name_what_is_wrong() -> None:
     ):
         with pytest.raises(ValueError, match=needs):
             loss.from_distances(rand(2, 3), **kwargs)
+
+
+def test_helpers_make_their_tensors_on_the_inputs_device() -> None:
+    """On the meta device (no GPU needed): the -inf fill and an empty searchsorted stay on the input's device."""
+    like = torch.empty(3, 2, device="meta", dtype=torch.float64)
+    fill = _neg_inf(like)
+    assert (fill.device, fill.dtype, fill.shape) == (like.device, torch.float64, ())
+    empty = torch.zeros(0, dtype=torch.long, device="meta")
+    found = rowwise_searchsorted(like, empty, empty.double())
+    assert (found.device, found.dtype, found.shape) == (like.device, torch.long, (0,))

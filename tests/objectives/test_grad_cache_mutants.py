@@ -1,13 +1,14 @@
 """GradCache edge cases found by mutation testing (``make mutate``): a stream whose rows never reach the
 loss before one that does (autograd hands it a zero gradient, so it adds zeros), and an autocast dtype other
-than the device's default replayed as it was."""
+than the device's default replayed as it was, and a plan on a CUDA device saving that device's CUDA RNG state
+(torch.cuda faked, so it runs without a GPU)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from contrastlab.objectives.grad_cache import GradCache
+from contrastlab.objectives.grad_cache import GradCache, _Plan
 
 
 def test_a_stream_without_gradient_does_not_stop_the_replay_of_the_next() -> None:
@@ -44,3 +45,18 @@ def test_a_float16_autocast_is_replayed_as_float16() -> None:
     z.float().sum().backward()
     assert seen == [torch.float16] * 4  # 2 micro-batches embedded, then 2 replayed
     assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+
+
+def test_a_cuda_plan_saves_the_cuda_rng_state_of_its_own_device(monkeypatch) -> None:
+    asked: list[object] = []
+    state = torch.arange(3, dtype=torch.uint8)
+
+    def get_rng_state(device: object = "cuda") -> torch.Tensor:
+        asked.append(device)
+        return state
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state", get_rng_state)
+    device = torch.device("cuda", 1)  # not the current device: the plan must name it
+    cpu_state, cuda_state = _Plan([], 2, device).save_rng()
+    assert torch.equal(cpu_state, torch.get_rng_state()) and cuda_state is state and asked == [device]
+    assert _Plan([], 2, torch.device("cpu")).save_rng()[1] is None and asked == [device]  # CPU: no CUDA state

@@ -1,7 +1,8 @@
 """Reliability pieces in isolation, found untested by mutation testing (``make mutate``): the pre-emption exit
 status, the guard's checkpoint state, buffers put back in place (or replaced when their shape changed), the
 OSError behind a failed write, where ``last.ckpt`` goes, one SIGTERM save per step, and a resumed data order
-that restores the RNGs and starts the right pass."""
+that restores the RNGs and starts the right pass; a buffer deleted during a skipped step, and the CUDA RNG
+states restored where CUDA is in use (torch.cuda faked)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from contrastlab.errors import EXIT_PREEMPTED
 from contrastlab.training import reliability
-from contrastlab.training.data_order import DataOrder, rng_states
+from contrastlab.training.data_order import DataOrder, rng_states, set_rng_states
 
 
 def test_preempted_exits_143_with_its_message() -> None:
@@ -67,6 +68,15 @@ def test_buffers_are_put_back_in_place_or_replaced_when_resized() -> None:
     guard._put_back_buffers(module)
     assert torch.equal(module.child.queue, torch.zeros(2, 3))
     guard._put_back_buffers(module)  # nothing saved: nothing to do
+
+
+def test_a_buffer_deleted_during_the_step_is_put_back() -> None:
+    module = Owner()
+    guard = reliability.NonFiniteGuard()
+    guard.on_train_batch_start(None, module, None, 0)  # type: ignore[arg-type]
+    del module.child.queue  # the skipped step removed the buffer: nothing to copy into, so the saved one returns
+    guard._put_back_buffers(module)
+    assert torch.equal(module.child.queue, torch.zeros(2, 3))
 
 
 def _returns_within(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
@@ -204,3 +214,18 @@ def test_a_resumed_data_order_restores_the_rngs_and_starts_the_right_pass() -> N
         order.on_train_start(None, None)  # type: ignore[arg-type]
         got = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
         assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def test_cuda_rng_states_are_restored_only_where_cuda_is_in_use(monkeypatch) -> None:
+    """The CUDA branch of set_rng_states with torch.cuda faked (this machine may have no GPU): a saved state
+    with "cuda" sets the states of the devices present here (extra ones dropped), one without it sets none."""
+    calls: list[list[torch.Tensor]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: calls.append(list(states)))
+    saved = {key: value for key, value in rng_states().items() if key != "cuda"}
+    set_rng_states(saved)
+    assert calls == []
+    first, second = torch.arange(4, dtype=torch.uint8), torch.arange(4, 8, dtype=torch.uint8)
+    set_rng_states({**saved, "cuda": (first, second)})
+    assert len(calls) == 1 and len(calls[0]) == 1 and torch.equal(calls[0][0], first)
