@@ -96,6 +96,16 @@ def _check_against_naive(out: dict[str, float], splits: dict[str, Split], k: int
     assert out["val/knn_top5"] == pytest.approx(ref5, abs=1e-6)
 
 
+def _check_ranks_against_one_process(splits: dict[str, Split], k: int, t: float, world: int) -> dict[str, float]:
+    """compute() in one process equals the loop reference, and every one of ``world`` ranks (threads) returns those
+    numbers too; the single-process numbers."""
+    single = KNNMonitor(k=k, temperature=t).compute(SimpleNamespace(), _DM(splits))
+    _check_against_naive(single, splits, k, t)
+    for out in run_ranks(lambda r: KNNMonitor(k=k, temperature=t).compute(SimpleNamespace(), _DM(splits)), world):
+        assert out == pytest.approx(single, abs=1e-6)
+    return single
+
+
 @pytest.mark.parametrize(("k", "t"), [(3, 0.5), (9, 0.1), (40, 1.0)])
 def test_compute_single_process_matches_naive_knn(k: int, t: float) -> None:
     """In one process compute() and score() give the loop reference's top-1 and top-5 (k, T respected)."""
@@ -125,12 +135,7 @@ def test_compute_across_ranks_equals_one_process(world: int, n_train: int, k: in
     """Ranks as threads (parts smaller than k, empty parts when train items < ranks, and k = 25 above the
     neighbour search's default of 20): every rank returns
     the single-process numbers on the whole data, which equal the loop reference."""
-    splits = _data(n_train, 21, classes, seed=world * 100 + n_train)
-    single = KNNMonitor(k=k, temperature=t).compute(SimpleNamespace(), _DM(splits))
-    _check_against_naive(single, splits, k, t)
-    results = run_ranks(lambda r: KNNMonitor(k=k, temperature=t).compute(SimpleNamespace(), _DM(splits)), world)
-    for out in results:
-        assert out == pytest.approx(single, abs=1e-6)
+    _check_ranks_against_one_process(_data(n_train, 21, classes, seed=world * 100 + n_train), k, t, world)
 
 
 def test_compute_embeds_the_bank_as_shards_and_every_query_on_every_rank(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,12 +164,7 @@ def test_compute_across_ranks_highest_class_only_in_one_part() -> None:
     tr_y = torch.tensor([0, 1, 0, 1, 5, 5])
     va_x = torch.tensor([[1.0, 0.02], [0.0, 1.0], [0.98, 0.03]])
     va_y = torch.tensor([5, 1, 5])
-    splits = {"train": (tr_x, tr_y), "val": (va_x, va_y)}
-    single = KNNMonitor(k=2, temperature=0.05).compute(SimpleNamespace(), _DM(splits))
-    _check_against_naive(single, splits, 2, 0.05)
-    results = run_ranks(lambda r: KNNMonitor(k=2, temperature=0.05).compute(SimpleNamespace(), _DM(splits)), 3)
-    for out in results:
-        assert out == pytest.approx(single, abs=1e-6)
+    _check_ranks_against_one_process({"train": (tr_x, tr_y), "val": (va_x, va_y)}, 2, 0.05, 3)
 
 
 def test_compute_across_ranks_counts_classes_of_the_bank_alone() -> None:
@@ -176,12 +176,8 @@ def test_compute_across_ranks_counts_classes_of_the_bank_alone() -> None:
         "train": (tr_x[:3], torch.zeros(3, dtype=torch.long)),
         "val": (tr_x[3:], torch.zeros(3, dtype=torch.long)),
     }
-    for splits, k, world in ((bank_only, 2, 3), (one_class, 5, 2)):
-        single = KNNMonitor(k=k, temperature=0.1).compute(SimpleNamespace(), _DM(splits))
-        _check_against_naive(single, splits, k, 0.1)
-        monitor, data = KNNMonitor(k=k, temperature=0.1), _DM(splits)
-        for out in run_ranks(lambda r, m=monitor, d=data: m.compute(SimpleNamespace(), d), world):
-            assert out == pytest.approx(single, abs=1e-6)
+    _check_ranks_against_one_process(bank_only, 2, 0.1, 3)
+    single = _check_ranks_against_one_process(one_class, 5, 0.1, 2)
     assert single == {"val/knn_top1": 1.0, "val/knn_top5": 1.0}
 
 
@@ -291,9 +287,4 @@ def test_compute_across_ranks_k_above_default_from_one_part() -> None:
     tr_y = torch.cat([torch.randint(0, 6, (30,), generator=g), torch.full((30,), 6)])  # far items: class 6
     va_x = torch.tensor([1.0, 0, 0, 0]) + 0.3 * torch.randn(12, 4, generator=g)
     va_y = torch.randint(0, 6, (12,), generator=g)
-    splits = {"train": (torch.cat([near, far]), tr_y), "val": (va_x, va_y)}
-    single = KNNMonitor(k=25, temperature=1.0).compute(SimpleNamespace(), _DM(splits))
-    _check_against_naive(single, splits, 25, 1.0)
-    results = run_ranks(lambda r: KNNMonitor(k=25, temperature=1.0).compute(SimpleNamespace(), _DM(splits)), 2)
-    for out in results:
-        assert out == pytest.approx(single, abs=1e-6)
+    _check_ranks_against_one_process({"train": (torch.cat([near, far]), tr_y), "val": (va_x, va_y)}, 25, 1.0, 2)

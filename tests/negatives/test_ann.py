@@ -2,47 +2,51 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from torch import Tensor
 
 from contrastlab.negatives import AnnMined, MinedNegativesDataset, MiningDataSource, mine_ann_negatives
 
 
-def brute_force(emb, labels, rank_min, rank_max, margin):
-    """The valid window candidates of every item, in rank order (Python floats, float64)."""
-    x = [[v / math.sqrt(sum(u * u for u in row)) for v in row] for row in emb.double().tolist()]
-    n = len(x)
-
-    def sim(i, j):
-        return sum(a * b for a, b in zip(x[i], x[j], strict=True))
-
-    out = []
-    for i in range(n):
-        ranked = sorted((j for j in range(n) if j != i), key=lambda j: -sim(i, j))[:rank_max]
-        if labels is None:
-            pos_sim = 1.0
-        else:
-            same = [sim(i, j) for j in range(n) if j != i and labels[j] == labels[i]]
-            pos_sim = max(same) if same else 1.0
-        out.append(
-            [
-                j
-                for r, j in enumerate(ranked, start=1)
-                if rank_min <= r and (labels is None or labels[j] != labels[i]) and sim(i, j) < pos_sim - margin
-            ]
-        )
-    return out
-
-
-def data(n=60, d=8, classes=4, seed=0):
+def data(n: int = 60, d: int = 8, classes: int = 4, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Random embeddings and labels; item 1 is a near-duplicate of item 0 with another label."""
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(n, d, generator=g)
     labels = torch.randint(classes, (n,), generator=g)
-    emb[1] = emb[0] + 1e-3 * torch.randn(d, generator=g)  # a near-duplicate of item 0 ...
-    labels[1] = (labels[0] + 1) % classes  # ... with another label: a likely false negative
+    emb[1] = emb[0] + 1e-3 * torch.randn(d, generator=g)
+    labels[1] = (labels[0] + 1) % classes
     return emb, labels
+
+
+def cosines(emb: Tensor) -> list[list[float]]:
+    x = torch.nn.functional.normalize(emb.double(), dim=1)
+    return (x @ x.T).tolist()
+
+
+def reference(
+    emb: Tensor, labels: Tensor | None, rank_min: int, rank_max: int, margin: float
+) -> list[list[tuple[int, bool]]]:
+    """Per item: its ``rank_max`` nearest other items in rank order, each with whether it is a valid negative
+    (rank >= rank_min, another label, cosine below the nearest positive's minus ``margin``), in float64."""
+    sims, n = cosines(emb), emb.shape[0]
+    lab = None if labels is None else labels.tolist()
+    out = []
+    for i in range(n):
+        others = sorted((j for j in range(n) if j != i), key=lambda j: -sims[i][j])
+        same = [sims[i][j] for j in others if lab is not None and lab[j] == lab[i]]
+        pos = max(same) if same else 1.0
+        row = []
+        for r, j in enumerate(others[:rank_max], start=1):
+            ok = r >= rank_min and (lab is None or lab[j] != lab[i]) and sims[i][j] < pos - margin
+            row.append((j, ok))
+        out.append(row)
+    return out
+
+
+def brute_force(emb: Tensor, labels: Tensor | None, rank_min: int, rank_max: int, margin: float) -> list[list[int]]:
+    """The valid window candidates of every item, in rank order: the valid entries of :func:`reference`."""
+    return [[j for j, ok in row if ok] for row in reference(emb, labels, rank_min, rank_max, margin)]
 
 
 @pytest.mark.parametrize("use_labels", [True, False])
@@ -50,7 +54,7 @@ def test_top_sampling_matches_brute_force(use_labels):
     emb, labels = data()
     lab = labels if use_labels else None
     table, stats = mine_ann_negatives(emb, lab, num_negatives=2, rank_min=2, rank_max=12, margin=0.05, progress=False)
-    ref = brute_force(emb, None if lab is None else labels.tolist(), 2, 12, 0.05)
+    ref = brute_force(emb, lab, 2, 12, 0.05)
     filled = 0
     for i, valid in enumerate(ref):
         k = min(2, len(valid))
@@ -76,7 +80,7 @@ def test_random_sampling_stays_in_the_filtered_window():
     emb, labels = data(seed=1)
     mine = dict(num_negatives=2, rank_min=3, rank_max=15, margin=0.0, sampling="random", seed=3, progress=False)
     table, _ = mine_ann_negatives(emb, labels, **mine)
-    ref = brute_force(emb, labels.tolist(), 3, 15, 0.0)
+    ref = brute_force(emb, labels, 3, 15, 0.0)
     for i, valid in enumerate(ref):
         picks = table[i].tolist()
         assert len(set(picks[: min(2, len(valid))]) - set(valid)) == 0
@@ -125,7 +129,7 @@ class _Source:
     def train_loader_for_mining(self) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(list(range(self.n)))
 
-    def set_mined_negatives(self, table: torch.Tensor) -> None:
+    def set_mined_negatives(self, table: Tensor) -> None:
         self.served = table
 
 
@@ -143,7 +147,7 @@ def test_refresh_fills_the_shared_table_and_the_checkpointed_buffer():
     assert torch.equal(ann.table, expected) and torch.equal(ann.shared_table, expected)
     assert torch.equal(source.served, expected)  # the datamodule serves the table refreshed in place
     assert int(ann.mined_epoch) == 0
-    valid = brute_force(emb, labels.tolist(), 1, 8, 0.05)  # the statistics, counted from the brute-force window
+    valid = brute_force(emb, labels, 1, 8, 0.05)  # the statistics, counted from the brute-force window
     assert stats["ann/random_fill_fraction"] == pytest.approx(sum(max(0, 2 - len(v)) for v in valid) / (40 * 2))
     assert stats["ann/window_kept_fraction"] == pytest.approx(sum(len(v) for v in valid) / (40 * 8))
     x = torch.nn.functional.normalize(emb.double(), dim=1)

@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
+from test_ann import _Source, cosines, data, reference
 from torch import Tensor
 
 from contrastlab import distributed
@@ -29,41 +30,6 @@ from contrastlab.negatives.text_mining import check_window, positive_mask, selec
 
 META = torch.device("meta")
 STAT_KEYS = {"ann/window_kept_fraction", "ann/random_fill_fraction", "ann/negative_similarity"}
-
-
-def data(n: int = 60, d: int = 8, classes: int = 4, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Random embeddings and labels; item 1 is a near-duplicate of item 0 with another label."""
-    g = torch.Generator().manual_seed(seed)
-    emb = torch.randn(n, d, generator=g)
-    labels = torch.randint(classes, (n,), generator=g)
-    emb[1] = emb[0] + 1e-3 * torch.randn(d, generator=g)
-    labels[1] = (labels[0] + 1) % classes
-    return emb, labels
-
-
-def cosines(emb: Tensor) -> list[list[float]]:
-    x = torch.nn.functional.normalize(emb.double(), dim=1)
-    return (x @ x.T).tolist()
-
-
-def reference(
-    emb: Tensor, labels: Tensor | None, rank_min: int, rank_max: int, margin: float
-) -> list[list[tuple[int, bool]]]:
-    """Per item: its ``rank_max`` nearest other items in rank order, each with whether it is a valid negative
-    (rank >= rank_min, another label, cosine below the nearest positive's minus ``margin``), in float64."""
-    sims, n = cosines(emb), emb.shape[0]
-    lab = None if labels is None else labels.tolist()
-    out = []
-    for i in range(n):
-        others = sorted((j for j in range(n) if j != i), key=lambda j: -sims[i][j])
-        same = [sims[i][j] for j in others if lab is not None and lab[j] == lab[i]]
-        pos = max(same) if same else 1.0
-        row = []
-        for r, j in enumerate(others[:rank_max], start=1):
-            ok = r >= rank_min and (lab is None or lab[j] != lab[i]) and sims[i][j] < pos - margin
-            row.append((j, ok))
-        out.append(row)
-    return out
 
 
 def top_picks(ref: list[list[tuple[int, bool]]], m: int) -> list[list[int]]:
@@ -420,19 +386,6 @@ def test_dataset_serves_item_zero_and_refuses_unmined_rows() -> None:
 
 
 # --- AnnMined: construction, checkpoint state, attach ---------------------------------------------------------------
-class _Source:
-    """A :class:`MiningDataSource` of ``n`` items: records the table it is handed to serve."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.served = n, None
-
-    def train_loader_for_mining(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(list(range(self.n)))
-
-    def set_mined_negatives(self, table: Tensor) -> None:
-        self.served = table
-
-
 def _loader(emb: Tensor, labels: Tensor) -> list[dict[str, Tensor]]:
     return [{"image": emb[s : s + 16], "label": labels[s : s + 16]} for s in range(0, emb.shape[0], 16)]
 

@@ -59,7 +59,6 @@ def evaluate(
     unknown = set(eval_cfg) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown eval section(s) {sorted(unknown)}; choose from eval=[{','.join(SECTIONS)}]")
-    methods = check_methods(eval_cfg.plots.methods, "eval.plots.methods") if "plots" in selected else ()
     metrics: dict[str, float] = {}
     skipped: dict[str, str] = {}
     plots: dict[str, str] = {}
@@ -157,7 +156,7 @@ def evaluate(
             va_x,
             va_y if labelled else None,
             output_dir,
-            methods,
+            tuple(c.methods),  # checked by run_eval before the checkpoint loaded
             title,
             suffix,
             max_points=c.max_points,
